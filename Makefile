@@ -1,0 +1,25 @@
+# fslib: `make reproduce` runs every notebook on the embedded default; `make test` runs the tests.
+# Both create the virtual environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fslib-installed
+
+.PHONY: reproduce test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+reproduce: $(STAMP)
+	$(PY) -m fslib.report
+
+test: $(STAMP)
+	$(PY) -m pytest tests --nbval-lax notebooks
+
+clean:
+	rm -rf runs figures .pytest_cache

@@ -1,0 +1,97 @@
+"""Metrics (accuracy, harmonic mean, mean with a 95% CI) and the few-shot sweep every notebook uses."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+
+
+def accuracy(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
+    """Top-1 accuracy in percent."""
+    predictions = np.asarray(torch.as_tensor(logits).argmax(dim=-1))
+    return float((predictions == np.asarray(labels)).mean() * 100)
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    """HM of base and new accuracy, the base-to-new summary of CoCoOp (Zhou et al., 2022, Sec. 5.1)."""
+    return 0.0 if base + new == 0 else 2 * base * new / (base + new)
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    mean: float
+    half_width: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.1f} ± {self.half_width:.1f}"
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> MeanCI:
+    """Mean and Student-t half-width of the ``confidence`` interval (0 for a single value)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        raise ValueError("mean_ci needs at least one value")
+    if len(values) == 1:
+        return MeanCI(float(values[0]), 0.0, 1)
+    sem = values.std(ddof=1) / np.sqrt(len(values))
+    return MeanCI(float(values.mean()), float(sem * stats.t.ppf((1 + confidence) / 2, len(values) - 1)), len(values))
+
+
+def evaluate(method, test) -> float:
+    """Accuracy (%) of a fitted :class:`~fslib.methods.base.Method` on a dataset or its features."""
+    return accuracy(method.logits(test), test.labels)
+
+
+def episode_accuracies(make_method, episodes, progress: bool = True) -> list[float]:
+    """Fit a fresh ``make_method()`` on each episode's support set; its query accuracy per episode."""
+    from tqdm.auto import tqdm
+
+    return [evaluate(make_method().fit(ep.support), ep.query) for ep in tqdm(list(episodes), disable=not progress, leave=False)]
+
+
+def few_shot_sweep(make_method, train, test, shots: Sequence[int], seeds: Sequence[int], progress: bool = True):
+    """Fit ``make_method()`` on ``shots``-per-class subsets of ``train`` for each seed; score ``test``.
+
+    Returns a DataFrame with one row per (shots, seed): ``dataset, method, shots, seed, accuracy``.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from fslib.fewshot import few_shot
+
+    rows = []
+    for k, seed in tqdm([(k, s) for k in shots for s in seeds], desc=f"{train.name}", disable=not progress, leave=False):
+        method = make_method().fit(few_shot(train, k, seed))
+        rows.append({"dataset": train.name, "method": method.name, "shots": k, "seed": seed,
+                     "accuracy": evaluate(method, test)})
+    return pd.DataFrame(rows)
+
+
+def summarise(results, by: Sequence[str], value: str = "accuracy"):
+    """Mean, 95% CI half-width and count of ``value`` per group of ``by`` (a tidy DataFrame)."""
+    import pandas as pd
+
+    rows = []
+    for keys, group in results.groupby(list(by), sort=False):
+        ci = mean_ci(group[value].tolist())
+        rows.append({**dict(zip(by, keys if isinstance(keys, tuple) else (keys,))), "mean": ci.mean, "ci95": ci.half_width, "n": ci.n})
+    return pd.DataFrame(rows)
+
+
+def zero_shot_table(clip, names: Sequence[str], split: str = "test"):
+    """Zero-shot accuracy of ``clip`` on each named dataset: ``dataset, domain, classes, chance, zero_shot``."""
+    import pandas as pd
+
+    from fslib.data import load_dataset
+    from fslib.methods.baselines import ZeroShot
+
+    rows = []
+    for name in names:
+        data = load_dataset(name, split)
+        rows.append({"dataset": name, "domain": data.domain, "classes": data.num_classes,
+                     "chance": 100 / data.num_classes, "zero_shot": evaluate(ZeroShot(clip).fit(data), data)})
+    return pd.DataFrame(rows)

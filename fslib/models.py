@@ -1,0 +1,127 @@
+"""Loading CLIP models through open_clip, and zero-shot text classifiers.
+
+One call, :func:`load_clip`, serves both worlds:
+
+* ``load_clip("ViT-B-16", "openai", "cuda")``: any open_clip architecture and pretrained tag;
+* ``load_clip("ViT-B-16", "/path/to/checkpoint.pt")``: a local checkpoint file;
+* ``load_clip()``: the kit's tiny CLIP (``fslib-tiny-vit``) and its shipped checkpoint.
+
+Weights that were asked for must load: open_clip is always called with ``require_pretrained=True``
+so a failed download or a missing file is an error, never a silently random model.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+EMBEDDED_MODEL = "fslib-tiny-vit"
+EMBEDDED_PRETRAINED = "embedded"
+EMBEDDED_CHECKPOINT = Path(__file__).parent / "world" / "assets" / "fslib-tiny-vit.pt"
+RANDOM_INIT = "none"
+
+
+def register_model_configs() -> None:
+    """Make fslib's architectures known to open_clip (idempotent; runs on ``import fslib``)."""
+    if EMBEDDED_MODEL not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+@dataclass
+class Clip:
+    """An open_clip model with the transform and tokenizer that belong to it."""
+
+    model: open_clip.CLIP
+    preprocess: Callable
+    tokenizer: Callable
+    name: str
+    pretrained: str
+    device: torch.device
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())
+
+    def weights_fingerprint(self) -> str:
+        """SHA-1 over the current parameter values: changes whenever any weight changes.
+
+        Hashing ~10-500 MB of weights takes a moment, so the digest is reused while no tensor has been
+        modified in place since (torch bumps a tensor's ``_version`` on every in-place update).
+        """
+        state = self.model.state_dict(keep_vars=True)
+        versions = tuple((id(t), t._version) for t in state.values())
+        if getattr(self, "_fingerprint_versions", None) == versions:
+            return self._fingerprint
+        h = hashlib.sha1(self.name.encode())
+        for key, value in state.items():
+            h.update(key.encode())
+            h.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        self._fingerprint, self._fingerprint_versions = h.hexdigest(), versions
+        return self._fingerprint
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised text features, shape (len(texts), embed_dim), on the CPU."""
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
+            out.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
+        self.model.train(was_training)
+        return torch.cat(out)
+
+
+def resolve_pretrained(model: str, pretrained: str) -> str | None:
+    if pretrained == RANDOM_INIT:
+        return None
+    if pretrained == EMBEDDED_PRETRAINED:
+        if model != EMBEDDED_MODEL:
+            raise ValueError(f"pretrained={EMBEDDED_PRETRAINED!r} is the shipped checkpoint of {EMBEDDED_MODEL!r} only, "
+                             f"not of {model!r}")
+        return str(EMBEDDED_CHECKPOINT)
+    looks_like_path = any(sep in pretrained for sep in ("/", "\\")) or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
+    if looks_like_path:
+        if not Path(pretrained).is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {pretrained!r}")
+        return pretrained
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained not in tags:
+        allowed = ", ".join(tags + [RANDOM_INIT]) if tags else f"a checkpoint path or {RANDOM_INIT!r}"
+        raise ValueError(f"unknown pretrained tag {pretrained!r} for model {model!r}; allowed: {allowed}")
+    return pretrained
+
+
+def load_clip(model: str = EMBEDDED_MODEL, pretrained: str = EMBEDDED_PRETRAINED, device: str = "cpu") -> Clip:
+    """Load an open_clip model with its inference transform and tokenizer.
+
+    ``pretrained`` is an open_clip tag (``"openai"``), a checkpoint path, ``"embedded"`` for the
+    kit's shipped tiny CLIP, or ``"none"`` for random weights (explicitly; never as a fallback).
+    """
+    register_model_configs()
+    if model not in open_clip.list_models():
+        raise ValueError(f"unknown model {model!r}; allowed: {', '.join(open_clip.list_models())}")
+    source = resolve_pretrained(model, pretrained)
+    try:
+        net, _, preprocess = open_clip.create_model_and_transforms(
+            model, pretrained=source, device=device, require_pretrained=source is not None)
+    except RuntimeError as err:
+        raise RuntimeError(f"could not load weights {pretrained!r} for {model!r} (no internet, or a bad file?): {err}") from err
+    net.eval()
+    return Clip(net, preprocess, open_clip.get_tokenizer(model), model, pretrained, torch.device(device))
+
+
+def zero_shot_classifier(clip: Clip, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Class weights (C, D): per class, the normalised mean of its normalised prompt embeddings.
+
+    This is CLIP's prompt ensembling (Radford et al., 2021, Sec. 3.1.4).
+    """
+    prompts = [template.format(name) for name in classnames for template in templates]
+    features = clip.encode_text(prompts).view(len(classnames), len(templates), -1)
+    return F.normalize(features.mean(dim=1), dim=-1)

@@ -1,0 +1,121 @@
+"""Validation of a notebook's ``parameters`` cell before any work is done.
+
+papermill injects ``-p name value`` as plain assignments and silently accepts names the notebook
+never declared, so a typo (``-p shot 5``) would run the defaults. Each notebook therefore calls
+
+    P = fslib.params.validate(globals(), shots=positive_int, datasets=dataset_list, ...)
+
+right after its parameters cell: every user-defined global must be a declared parameter, and every
+parameter must pass its check. The error names the bad value and what is allowed. (So the cells
+before it import only modules, functions and classes: those are not taken for parameters.)
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any, Callable
+
+import open_clip
+
+Check = Callable[[str, Any], Any]
+_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
+
+
+def positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= 1")
+    return value
+
+
+def positive_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a number > 0")
+    return float(value)
+
+
+def _as_list(value: Any) -> list:
+    """papermill's ``-p`` passes lists as text: accept "[1, 2]", "1,2" and a bare value too."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return list(ast.literal_eval(text))
+        return [v.strip() for v in text.split(",") if v.strip()]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def int_list(name: str, value: Any) -> list[int]:
+    """A non-empty list of integers >= 1: a list, a bare integer, or text like "1,2,4" or "[1, 2, 4]"."""
+    values = _as_list(value)
+    values = [int(v) if isinstance(v, str) and v.lstrip("-").isdigit() else v for v in values]
+    if not values:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a non-empty list of integers >= 1")
+    return [positive_int(name, v) for v in values]
+
+
+def choice(*allowed: Any) -> Check:
+    def check(name: str, value: Any) -> Any:
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r} is not allowed; allowed: {', '.join(map(repr, allowed))}")
+        return value
+    return check
+
+
+def dataset_list(name: str, value: Any) -> list[str]:
+    """Dataset names (embedded or torchvision) or image-folder paths: a list, or text "shapes,counting"."""
+    from fslib.data import TORCHVISION_DATASETS
+    from fslib.world.suite import WORLD_DATASETS
+
+    values = _as_list(value)
+    if not values:
+        raise ValueError(f"{name} is empty; give at least one dataset")
+    known = list(WORLD_DATASETS) + TORCHVISION_DATASETS
+    for v in values:
+        if v not in known and not Path(v).is_dir():
+            raise ValueError(f"{name}: unknown dataset {v!r}; allowed: {', '.join(known)}, or an image-folder path")
+    return values
+
+
+def model_name(name: str, value: Any) -> str:
+    models = open_clip.list_models()
+    if value not in models:
+        raise ValueError(f"{name}={value!r} is not an open_clip model; allowed: {', '.join(models)}")
+    return value
+
+
+def device(name: str, value: Any) -> str:
+    import torch
+
+    kind = str(value).split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{name}={value!r} is not allowed; allowed: 'cpu', 'cuda', 'cuda:N', 'mps'")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={value!r} asked for CUDA, but no CUDA device is available; use 'cpu'")
+    return str(value)
+
+
+def _user_globals(namespace: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and k not in _IPYTHON_NAMES
+            and not isinstance(v, ModuleType) and not callable(v)}
+
+
+def validate(namespace: dict[str, Any], **checks: Check) -> SimpleNamespace:
+    """Check the notebook's parameters in ``namespace`` (its ``globals()``) against ``checks``.
+
+    ``model`` and ``pretrained`` are checked together when both are declared: the pretrained tag
+    must exist for the model (or be a checkpoint path), without loading any weights.
+    """
+    given = _user_globals(namespace)
+    unknown = sorted(set(given) - set(checks))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(checks)}")
+    missing = sorted(set(checks) - set(given))
+    if missing:
+        raise ValueError(f"the parameters cell does not define {', '.join(missing)}")
+    values = {k: check(k, given[k]) for k, check in checks.items()}
+    if "model" in values and "pretrained" in values:
+        from fslib.models import resolve_pretrained
+
+        resolve_pretrained(values["model"], values["pretrained"])
+    return SimpleNamespace(**values)

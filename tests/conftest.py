@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+
+from fslib import features
+from fslib.data import ImageDataset
+from fslib.models import EMBEDDED_MODEL, load_clip
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path, monkeypatch):
+    """Every test gets its own feature cache, runs/ and figures/ folders."""
+    monkeypatch.setenv("FSLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FSLIB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FSLIB_FIGURES", str(tmp_path / "figures"))
+    monkeypatch.setattr(features, "_MEMORY", {})
+
+
+@pytest.fixture(scope="session")
+def random_clip():
+    """The tiny architecture with random weights: fast, and independent of the shipped checkpoint."""
+    return load_clip(EMBEDDED_MODEL, "none")
+
+
+def make_dataset(n_classes: int = 4, per_class: int = 6, seed: int = 0, name: str = "toy") -> ImageDataset:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    images = rng.integers(0, 256, size=(len(labels), 64, 64, 3), dtype=np.uint8)
+    return ImageDataset(name, "train", [f"class{c}" for c in range(n_classes)], labels, images, ["a photo of a {}."])

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+
+from fslib.methods.mamf import PromptFineTune, fomaml_task_update, meta_train, sample_tasks, task_count
+from tests.conftest import make_dataset
+
+
+@pytest.mark.parametrize("n, k", [(2, 31), (3, 19), (4, 14), (5, 10), (6, 8), (7, 6), (8, 4), (9, 3), (10, 1)])
+def test_task_count_matches_the_official_pairs_for_ten_classes(n, k):
+    assert task_count(n, 10) == k  # notes §2.1: K = round(ln 0.001 / ln(1 - n/C))
+
+
+def test_task_count_rejects_impossible_n_way():
+    with pytest.raises(ValueError, match=r"n_way=11 must lie in \[2, 10\]"):
+        task_count(11, 10)
+
+
+def test_sampled_tasks_are_uniform_subsets():
+    tasks = sample_tasks(10, 3, 2000, np.random.default_rng(0))
+    assert all(len(set(t)) == 3 for t in tasks)
+    counts = np.bincount(np.concatenate(tasks), minlength=10) / 2000
+    assert np.allclose(counts, 0.3, atol=0.04)  # each class is in a task with probability n/C
+
+
+def test_fomaml_update_matches_a_hand_computed_step():
+    # model: y = w * x (one weight), loss (w x - y)^2; w0 = 1
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    loss_fn = lambda params, b: ((b[0] * params["weight"][0, 0] - b[1]) ** 2).sum()
+    support, query = [(torch.tensor(2.0), torch.tensor(6.0))], [(torch.tensor(1.0), torch.tensor(0.0))]
+    outer = torch.optim.SGD(model.parameters(), lr=0.1)
+    fomaml_task_update(model, loss_fn, support, query, inner_lr=0.05, outer_optimizer=outer)
+    # inner: dL/dw = 2 x (w x - y) = 2*2*(2-6) = -16 -> w' = 1 + 0.05*16 = 1.8
+    # outer: gradient at w' on the query: 2*1*(1.8*1 - 0) = 3.6 -> w = 1 - 0.1*3.6 = 0.64
+    assert model.weight.item() == pytest.approx(0.64)
+
+
+def test_meta_test_fine_tuning_never_leaks_across_tasks(random_clip):
+    start = {k: v.clone() for k, v in random_clip.model.state_dict().items()}
+    task_a, task_b = make_dataset(3, 4, seed=0), make_dataset(3, 4, seed=1)
+    method = PromptFineTune(random_clip, epochs=2, lr=1e-3, batch_size=8)
+    first = method.fit(task_a).logits(task_a)
+    method.fit(task_b)
+    again = method.fit(task_a).logits(task_a)
+    torch.testing.assert_close(first, again)  # task A from the same weights both times
+    assert all(torch.equal(v, start[k]) for k, v in random_clip.model.state_dict().items())
+    assert not torch.equal(first, PromptFineTune(random_clip, epochs=0).fit(task_a).logits(task_a))
+
+
+def test_zero_epochs_is_one_prompt_zero_shot(random_clip):
+    data = make_dataset(3, 2)
+    logits = PromptFineTune(random_clip, epochs=0).fit(data).logits(data)
+    from fslib.features import encode_images
+    text = random_clip.encode_text([f"a photo of a class{c}." for c in range(3)])
+    expected = random_clip.logit_scale * encode_images(random_clip, data, progress=False) @ text.T
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "mamf", "fomaml"])
+def test_meta_train_changes_a_copy_only(random_clip, strategy):
+    before = random_clip.model.visual.proj.clone()
+    trained = meta_train(random_clip, make_dataset(4, 4), strategy, n_way=2, lr=1e-3, batch_size=8, progress=False)
+    assert torch.equal(random_clip.model.visual.proj, before)
+    assert not torch.equal(trained.model.visual.proj, before)

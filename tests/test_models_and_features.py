@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from fslib import features
+from fslib.features import cache_dir, encode_images, feature_key
+from fslib.models import EMBEDDED_MODEL, load_clip, zero_shot_classifier
+from tests.conftest import make_dataset
+
+
+def test_load_checkpoint_by_path_goes_through_open_clip(random_clip, tmp_path):
+    path = tmp_path / "tiny.pt"
+    torch.save(random_clip.model.state_dict(), path)
+    loaded = load_clip(EMBEDDED_MODEL, str(path))
+    for (k, a), (_, b) in zip(random_clip.model.state_dict().items(), loaded.model.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_missing_checkpoint_file_is_an_error():
+    with pytest.raises(FileNotFoundError, match="no/such/file.pt"):
+        load_clip(EMBEDDED_MODEL, "no/such/file.pt")
+
+
+def test_architecture_without_weights_for_the_tag_fails_with_message():
+    # fslib's tiny architecture has no "openai" weights: this must fail, never load random weights
+    with pytest.raises(ValueError, match=r"unknown pretrained tag 'openai' for model 'fslib-tiny-vit'"):
+        load_clip(EMBEDDED_MODEL, "openai")
+    with pytest.raises(ValueError, match="unknown pretrained tag 'no-such-tag'.*allowed: .*openai"):
+        load_clip("ViT-B-16", "no-such-tag")
+
+
+def test_unknown_model_names_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"unknown model 'ViT-Q-99'; allowed: .*fslib-tiny-vit.*ViT-B-16"):
+        load_clip("ViT-Q-99", "none")
+
+
+def test_zero_shot_classifier_is_normalised_template_mean(random_clip):
+    weights = zero_shot_classifier(random_clip, ["red", "blue"], ["a {}.", "a photo of a {}."])
+    assert weights.shape == (2, 128)
+    torch.testing.assert_close(weights.norm(dim=-1), torch.ones(2))
+    manual = random_clip.encode_text(["a red.", "a photo of a red."]).mean(0)
+    torch.testing.assert_close(weights[0], manual / manual.norm())
+
+
+def test_feature_cache_miss_then_hit(random_clip):
+    dataset = make_dataset()
+    assert not list(cache_dir().glob("*.pt"))
+    first = encode_images(random_clip, dataset, progress=False)
+    files = list(cache_dir().glob("*.pt"))
+    assert len(files) == 1 and first.shape == (len(dataset), 128)
+    # a hit reads the file (once per process): prove it by planting a marker in the cached tensor
+    torch.save(torch.full_like(first, 7.0), files[0])
+    features._MEMORY.clear()
+    assert torch.equal(encode_images(random_clip, dataset, progress=False), torch.full_like(first, 7.0))
+    assert not list(cache_dir().glob("*.tmp")), "atomic write left a temporary file"
+
+
+def test_feature_key_changes_with_weights_and_data(random_clip):
+    dataset = make_dataset()
+    key = feature_key(random_clip, dataset)
+    assert feature_key(random_clip, make_dataset(seed=1)) != key
+    assert feature_key(random_clip, dataset.subset([0, 1, 2])) != key
+    other = load_clip(EMBEDDED_MODEL, "none")
+    with torch.no_grad():
+        other.model.load_state_dict(random_clip.model.state_dict())
+        assert feature_key(other, dataset) == key
+        other.model.visual.proj.add_(1e-3)
+    assert feature_key(other, dataset) != key
+
+
+def test_subsets_are_served_from_the_full_datasets_features(random_clip):
+    dataset = make_dataset()
+    full = encode_images(random_clip, dataset, progress=False)
+    subset = dataset.subset([5, 1, 3]).subset([2, 0])  # nested: indices 3 and 5 of the full dataset
+    assert torch.equal(encode_images(random_clip, subset, progress=False), full[[3, 5]])
+    assert len(list(cache_dir().glob("*.pt"))) == 1

@@ -1,0 +1,64 @@
+import math
+
+import pytest
+
+from fslib import params
+from fslib.evaluation import accuracy, harmonic_mean, mean_ci
+
+CHECKS = dict(model=params.model_name, pretrained=lambda n, v: v, datasets=params.dataset_list,
+              shots=params.positive_int, seeds=params.int_list, device=params.device)
+GOOD = dict(model="fslib-tiny-vit", pretrained="embedded", datasets=["shapes", "counting"], shots=4, seeds=[1, 2, 3],
+            device="cpu")
+
+
+def test_valid_parameters_pass_through():
+    p = params.validate({**GOOD, "params": params, "_hidden": 1}, **CHECKS)
+    assert p.shots == 4 and p.datasets == ["shapes", "counting"]
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("shots", 0, "shots=0 is not allowed; it must be an integer >= 1"),
+    ("datasets", ["shapes", "imagenet-r"], "unknown dataset 'imagenet-r'; allowed: colors, shapes"),
+    ("model", "ViT-Q-99", "model='ViT-Q-99' is not an open_clip model; allowed: "),
+    ("pretrained", "openai", "unknown pretrained tag 'openai' for model 'fslib-tiny-vit'"),
+    ("device", "tpu", "device='tpu' is not allowed; allowed: 'cpu', 'cuda'"),
+    ("seeds", [1, 0], "seeds=0 is not allowed"),
+])
+def test_bad_parameter_values_are_named(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        params.validate({**GOOD, name: value}, **CHECKS)
+
+
+def test_unknown_parameter_names_are_rejected():
+    # papermill injects `-p shot 5` silently; validation must not
+    with pytest.raises(ValueError, match="unknown parameter\\(s\\) 'shot'; allowed: model, pretrained"):
+        params.validate({**GOOD, "shot": 5}, **CHECKS)
+
+
+def test_choice_names_allowed_values():
+    with pytest.raises(ValueError, match="mode='x' is not allowed; allowed: 'a', 'b'"):
+        params.choice("a", "b")("mode", "x")
+
+
+def test_accuracy_and_harmonic_mean_by_hand():
+    assert accuracy([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]], [1, 0, 0]) == pytest.approx(200 / 3)
+    assert harmonic_mean(80.0, 40.0) == pytest.approx(2 * 80 * 40 / 120)
+    assert harmonic_mean(0.0, 0.0) == 0.0
+
+
+def test_mean_ci_by_hand():
+    ci = mean_ci([1.0, 2.0, 3.0])
+    # sd = 1, sem = 1/sqrt(3), t_{0.975, 2} = 4.302653
+    assert ci.mean == 2.0 and ci.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    assert mean_ci([5.0]).half_width == 0.0
+    with pytest.raises(ValueError):
+        mean_ci([])
+
+
+def test_list_parameters_accept_papermill_text():
+    assert params.int_list("seeds", "1,2,3") == [1, 2, 3]
+    assert params.int_list("shots", "[1, 16]") == [1, 16]
+    assert params.int_list("shots", 5) == [5]
+    assert params.dataset_list("datasets", "shapes, counting") == ["shapes", "counting"]
+    with pytest.raises(ValueError, match="shots='x' is not allowed"):
+        params.int_list("shots", "1,x")

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from fslib.world import suite
+from fslib.world.corpus import MAX_NAMED_COUNT, NAMED_TEXTURES, NUMBER_WORDS, sample_pretraining_pair
+from fslib.world.render import NOVEL_SHAPES, SHAPES, TEXTURES, Obj, Scene, object_mask, render
+
+
+def test_every_shape_draws_a_distinct_nonempty_mask():
+    # the closest pairs (circle / hexagon / the octagon "wug", IoU about 0.9) are fine-grained on
+    # purpose; identical masks (IoU near 1) would make a class unlearnable
+    masks = {name: object_mask(Obj(name, "red", 20, (0.5, 0.5))) for name in SHAPES}
+    assert all(m.sum() > 100 for m in masks.values())
+    names = list(masks)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            overlap = (masks[a] & masks[b]).sum() / (masks[a] | masks[b]).sum()
+            assert overlap < 0.95, f"{a} and {b} look the same (IoU {overlap:.2f})"
+
+
+def test_render_is_deterministic_per_seed_and_checks_style():
+    scene = Scene((Obj("star", "blue", 15, (0.5, 0.5), "striped"),), "noisy")
+    a, b = render(scene, np.random.default_rng(3)), render(scene, np.random.default_rng(3))
+    assert a.shape == (64, 64, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    with pytest.raises(ValueError, match="unknown style 'watercolour'; allowed: flat, shaded"):
+        render(Scene(scene.objects, "watercolour"), np.random.default_rng(0))
+
+
+def test_pretraining_corpus_never_shows_held_out_concepts():
+    rng = np.random.default_rng(0)
+    pairs = [sample_pretraining_pair(rng) for _ in range(3000)]
+    words = set(" ".join(caption for _, caption in pairs).split())
+    assert words.isdisjoint(NOVEL_SHAPES)
+    assert words.isdisjoint(set(TEXTURES) - set(NAMED_TEXTURES))
+    assert words.isdisjoint(NUMBER_WORDS[MAX_NAMED_COUNT:])
+    assert {scene.style for scene, _ in pairs} == {"flat", "shaded", "noisy"}
+    assert not {o.shape for scene, _ in pairs for o in scene.objects} & set(NOVEL_SHAPES)
+    assert len(words & set(NUMBER_WORDS[:MAX_NAMED_COUNT])) == MAX_NAMED_COUNT
+
+
+def test_suite_datasets_are_deterministic_and_splits_independent():
+    first = suite.load_world_dataset("counting", "train")
+    suite._build.cache_clear()
+    again = suite.load_world_dataset("counting", "train")
+    assert np.array_equal(first.images, again.images) and first.fingerprint() == again.fingerprint()
+    test = suite.load_world_dataset("counting", "test")
+    assert not np.array_equal(first.images[:5], test.images[:5])
+
+
+@pytest.mark.parametrize("name", list(suite.WORLD_DATASETS))
+def test_suite_dataset_shapes(name):
+    data = suite.load_world_dataset(name, "train")
+    assert data.images.shape[1:] == (64, 64, 3) and data.num_classes >= 9
+    assert np.array_equal(np.bincount(data.labels), [suite.PER_CLASS["train"]] * data.num_classes)
+    assert data.domain in ("id", "ood")
+
+
+def test_suite_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown embedded dataset 'cats'; allowed: colors, shapes"):
+        suite.load_world_dataset("cats")
+    with pytest.raises(ValueError, match="unknown split 'dev'; allowed: train, val, test"):
+        suite.load_world_dataset("shapes", "dev")
