@@ -95,3 +95,16 @@ def zero_shot_table(clip, names: Sequence[str], split: str = "test"):
         rows.append({"dataset": name, "domain": data.domain, "classes": data.num_classes,
                      "chance": 100 / data.num_classes, "zero_shot": evaluate(ZeroShot(clip).fit(data), data)})
     return pd.DataFrame(rows)
+
+
+def paired_difference(results, better: str, worse: str, by: str = "dataset", pair_on: Sequence[str] = ("seed", "n_way", "task"),
+                      value: str = "accuracy"):
+    """Per ``by`` group: mean and 95% CI of ``better - worse``, paired on the same episodes/seeds."""
+    import pandas as pd
+
+    wide = results.pivot_table(index=[by, *pair_on], columns="method", values=value).reset_index()
+    rows = []
+    for group, part in wide.groupby(by, sort=False):
+        ci = mean_ci((part[better] - part[worse]).tolist())
+        rows.append({by: group, "difference": ci.mean, "ci95": ci.half_width, "n": ci.n})
+    return pd.DataFrame(rows)

@@ -63,30 +63,95 @@ def difficulty_spectrum(table: "pd.DataFrame") -> plt.Figure:
     return fig
 
 
-def shot_curves(results: "pd.DataFrame", ncols: int = 5) -> plt.Figure:
-    """Accuracy vs shots per dataset, one line per method; bands are the Student-t 95% CI over seeds."""
+def facet_lines(results: "pd.DataFrame", x: str, xlabel: str, facet: str = "dataset", hue: str = "method",
+                value: str = "accuracy", ncols: int = 5, log2_x: bool = False) -> plt.Figure:
+    """One panel per ``facet``, one line per ``hue`` of mean ``value`` vs ``x``; bands are Student-t 95% CIs
+    over the rows of each point (seeds, or seeds x test tasks)."""
     from fslib.evaluation import summarise
 
-    summary = summarise(results, ["dataset", "method", "shots"])
-    datasets = list(dict.fromkeys(results["dataset"]))
-    nrows = -(-len(datasets) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.7 * ncols, 2.4 * nrows), squeeze=False)
-    colours = dict(zip(dict.fromkeys(results["method"]), sns.color_palette()))
-    for ax, name in zip(axes.flat, datasets):
-        for method, rows in summary[summary["dataset"] == name].groupby("method", sort=False):
-            ax.plot(rows["shots"], rows["mean"], marker="o", ms=3, color=colours[method], label=method)
-            ax.fill_between(rows["shots"], rows["mean"] - rows["ci95"], rows["mean"] + rows["ci95"],
-                            color=colours[method], alpha=0.2)
-        ax.set_xscale("log", base=2)
-        shots = sorted(results["shots"].unique())
-        ax.set_xticks(shots, labels=shots)
-        ax.set_title(name, fontsize=10)
-    for ax in axes.flat[len(datasets):]:
+    summary = summarise(results, [facet, hue, x], value)
+    panels = list(dict.fromkeys(results[facet]))
+    nrows = -(-len(panels) // ncols)
+    ncols = min(ncols, len(panels))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols, 2.5 * nrows), squeeze=False)
+    colours = dict(zip(dict.fromkeys(results[hue]), sns.color_palette()))
+    xs = sorted(results[x].unique())
+    for ax, panel in zip(axes.flat, panels):
+        for line, rows in summary[summary[facet] == panel].groupby(hue, sort=False):
+            rows = rows.sort_values(x)
+            ax.plot(rows[x], rows["mean"], marker="o", ms=3, color=colours[line], label=line)
+            ax.fill_between(rows[x], rows["mean"] - rows["ci95"], rows["mean"] + rows["ci95"], color=colours[line], alpha=0.2)
+        if log2_x:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, labels=xs)
+        ax.set_title(panel, fontsize=10)
+    for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy (%)")
+        ax.set_ylabel(f"{value} (%)")
     for ax in axes[-1]:
-        ax.set_xlabel("shots per class")
+        ax.set_xlabel(xlabel)
     axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def shot_curves(results: "pd.DataFrame", ncols: int = 5) -> plt.Figure:
+    """Accuracy vs shots per dataset, one line per method, 95% CI over seeds."""
+    return facet_lines(results, "shots", "shots per class", ncols=ncols, log2_x=True)
+
+
+def scatter_fit(table: "pd.DataFrame", x: str, y: str, label: str, xlabel: str, ylabel: str,
+                title: str) -> plt.Figure:
+    """Scatter of ``y`` vs ``x`` with a least-squares line and Pearson's r in the title; points labelled."""
+    from scipy import stats
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    ax.scatter(table[x], table[y], s=40, zorder=3)
+    for _, row in table.iterrows():
+        ax.annotate(row[label], (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if len(table) >= 2:
+        fit = stats.linregress(table[x], table[y])
+        xs = np.linspace(table[x].min(), table[x].max(), 50)
+        ax.plot(xs, fit.intercept + fit.slope * xs, color="grey", ls="--", label=f"fit: slope {fit.slope:.2f}, r = {fit.rvalue:.2f}")
+        ax.legend(fontsize=8)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.tight_layout()
+    return fig
+
+
+def gain_vs_difficulty(gains: "pd.DataFrame") -> plt.Figure:
+    """Gain over zero-shot (``gain``) vs relative transfer difficulty (``rtd``), one colour and fit per ``method``."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for colour, (method, rows) in zip(sns.color_palette(), gains.groupby("method", sort=False)):
+        ax.scatter(rows["rtd"], rows["gain"], color=colour, label=method, s=30, zorder=3)
+        if len(rows) >= 2:
+            slope, intercept = np.polyfit(rows["rtd"], rows["gain"], 1)
+            xs = np.linspace(gains["rtd"].min(), gains["rtd"].max(), 20)
+            ax.plot(xs, intercept + slope * xs, color=colour, lw=1, ls="--")
+    for _, row in gains.drop_duplicates("dataset").iterrows():
+        ax.annotate(row["dataset"], (row["rtd"], gains["gain"].min()), fontsize=7, rotation=90, va="bottom", alpha=0.6)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xlabel="relative transfer difficulty (1 / (C · zero-shot precision)); harder →",
+           ylabel="base-class gain over zero-shot (points)", title="Which ETL family helps, by difficulty")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_sweeps(sweeps: "pd.DataFrame") -> plt.Figure:
+    """APEX's ablations: new-class accuracy vs β (adaptive α) and vs a fixed α; thin lines per dataset."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, knob, label in zip(axes, ("beta", "alpha"), ("β (adaptive α = exp(-β d_avg))", "fixed α")):
+        part = sweeps[sweeps["knob"] == knob]
+        for dataset, rows in part.groupby("dataset", sort=False):
+            means = rows.groupby("value")["accuracy"].mean()
+            ax.plot(means.index, means.values, color="grey", lw=0.8, alpha=0.5)
+        means = part.groupby("value")["accuracy"].mean()
+        ax.plot(means.index, means.values, color=sns.color_palette()[0], lw=2.5, marker="o", label="mean over datasets")
+        ax.set(xlabel=label, title=f"new-class accuracy vs {knob}")
+    axes[0].set_ylabel("new-class accuracy (%)")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig

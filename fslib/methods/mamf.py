@@ -133,12 +133,13 @@ def reset_projections(model: torch.nn.Module, seed: int) -> None:
 
 
 def meta_train(clip: Clip, train_set: ImageDataset, strategy: str, n_way: int, epochs: int = 1, lr: float = 1e-5,
-               inner_lr: float = 1e-3, batch_size: int = 32, seed: int = 1, random_heads: bool = False,
-               freeze_text: bool = False, progress: bool = True) -> Clip:
+               inner_lr: float = 1e-3, inner_steps: int = 1, batch_size: int = 32, seed: int = 1,
+               random_heads: bool = False, freeze_text: bool = False, progress: bool = True) -> Clip:
     """Starting weights for meta-test by ``strategy`` (one of ``STRATEGIES``) on ``train_set``.
 
     Returns a new :class:`Clip` (the input is not modified). ``epochs`` are per task for MAMF and
-    FOMAML (the official code runs 8 per task) and over all data for fine-tuning.
+    FOMAML (the official code runs 8 per task) and over all data for fine-tuning. FOMAML takes
+    ``inner_steps`` SGD steps of ``inner_lr`` on random support-half batches of each task.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
@@ -162,12 +163,15 @@ def meta_train(clip: Clip, train_set: ImageDataset, strategy: str, n_way: int, e
             if strategy == "mamf":  # a fresh optimiser per task, as the official code does
                 fine_tune(model, images[idx], labels[idx], tokens, epochs, lr, batch_size, seed + i)
                 continue
-            idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + i))]
-            half = len(idx) // 2
-            split = lambda part: [part[s:s + batch_size] for s in range(0, len(part), batch_size)]
-            loss_fn = lambda params, b: in_batch_loss(model, images[b], labels[b], tokens, params)
+            generator = torch.Generator().manual_seed(seed + i)
+            idx = idx[torch.randperm(len(idx), generator=generator)]
+            support_half, query_half = idx[:len(idx) // 2], idx[len(idx) // 2:]
+            support = [support_half[torch.randperm(len(support_half), generator=generator)[:batch_size]]
+                       for _ in range(inner_steps)]
+            query = [query_half[s:s + batch_size] for s in range(0, len(query_half), batch_size)]
             for _ in range(epochs):
-                fomaml_task_update(model, loss_fn, split(idx[:half]), split(idx[half:]), inner_lr, outer)
+                fomaml_task_update(model, lambda params, b: in_batch_loss(model, images[b], labels[b], tokens, params),
+                                   support, query, inner_lr, outer)
     model.eval()
     return replace(clip, model=model, pretrained=f"{clip.pretrained}+{strategy}")
 
@@ -204,3 +208,39 @@ class PromptFineTune(Method):
 
     def trainable_parameters(self) -> int:
         return 0 if self.epochs == 0 else sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int], shots: int, tasks: int,
+                       seeds: Sequence[int], epochs: int, lr: float, inner_lr: float, inner_steps: int,
+                       adapt_epochs: int, queries: int = 8, random_heads: bool = False, progress: bool = True):
+    """The paper's comparison: zero-shot, fine-tuning, FOMAML and MAMF on ``tasks`` test episodes per
+    (dataset, n-way, seed); the same episodes for every method, so differences are paired.
+
+    Meta-training uses each dataset's train split; test episodes draw ``shots`` support and
+    ``queries`` query images per class from its test split (held-out images of the same classes,
+    as in the official code, notes §4). Returns a tidy DataFrame (one row per method and episode).
+    """
+    import pandas as pd
+
+    from fslib.data import load_dataset
+    from fslib.evaluation import episode_accuracies
+    from fslib.fewshot import EpisodeSampler
+
+    rows = []
+    jobs = [(name, seed) for name in datasets for seed in seeds]
+    for name, seed in tqdm(jobs, desc="datasets x seeds", disable=not progress):
+        train_set, test_set = load_dataset(name, "train"), load_dataset(name, "test")
+        common = dict(epochs=epochs, lr=lr, batch_size=32, seed=seed, random_heads=random_heads, progress=False)
+        finetuned = meta_train(clip, train_set, "finetune", n_way=2, **common)
+        for n in n_ways:
+            starts = {"zero-shot": clip, "fine-tuning": finetuned,
+                      "FOMAML": meta_train(clip, train_set, "fomaml", n, inner_lr=inner_lr, inner_steps=inner_steps, **common),
+                      "MAMF": meta_train(clip, train_set, "mamf", n, **common)}
+            sampler = EpisodeSampler([test_set], n, shots, queries, seed=seed)
+            episodes = [sampler.sample() for _ in range(tasks)]
+            for method, start in starts.items():
+                epochs_here = 0 if method == "zero-shot" else adapt_epochs
+                accs = episode_accuracies(lambda: PromptFineTune(start, epochs_here, lr, seed=seed), episodes, progress=False)
+                rows += [{"dataset": name, "n_way": n, "seed": seed, "method": method, "task": t, "accuracy": a}
+                         for t, a in enumerate(accs)]
+    return pd.DataFrame(rows)

@@ -1,0 +1,283 @@
+"""APEX: difficulty-agnostic efficient transfer (Yang, Ko, Yun, EMNLP 2024, arXiv 2311.15569).
+
+One module, :class:`PromptedCLIP`, covers APEX and the efficient-transfer baselines it is compared
+with, as switches on a frozen CLIP:
+
+* deep visual prompts (VPT, §4.1 Eq. 6): ``visual_tokens`` learnable tokens appended after the patch
+  tokens at the input (no positional embedding, before ``ln_pre``) and *replaced* by fresh learnable
+  tokens before each of the first ``visual_depth`` blocks; the CLS token is pooled, so prompts are
+  never averaged into the feature; init N(0, 0.02²);
+* a shallow text prompt (§4.1): the first ``text_tokens`` words of "a photo of a {class}." become
+  learnable vectors initialised from their own embeddings (CoOp-style with ``text_tokens=4``);
+* a full-rank linear text adapter (Eq. 11): ``t = Aᵀ t̃ + b``, ``A = I``, ``b = 0`` at init;
+* the adaptive ensemble at test time (§4.2, Alg. 2): per evaluation class, with zero-shot text
+  features ``t'``, ``d_avg = 1 - mean_j cos(t'_eval, t'_j)`` and ``d_nn = 1 - max_j cos(...)`` over
+  the training classes ``j``; ``α = exp(-β d_avg · 1[d_nn > ε])`` (``β = 4``, ``ε = 0.05``);
+  text ``α (Aᵀ t̃ + b) + (1 - α) t_0`` and image ``ᾱ z_prompted + (1 - ᾱ) z_0``, mixed before L2
+  normalisation. ᾱ weights the *adapted* image feature as in the official code: the paper's printed
+  direction contradicts its own α = 1 ablation (notes §2.5, §9). ``z_0`` is clean zero-shot CLIP (the
+  tower without prompts; the official code's copy carries random prompts, notes §8.4). ``t_0`` is the
+  prompted pre-adapter feature ``t̃`` as in Eq. 12 (``ensemble_text="prompted"``), or clean zero-shot
+  text (``"zero-shot"``).
+
+CLIP's weights and temperature stay frozen; training is cross-entropy on ``exp(s) cos(z, t)`` (§2.4).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fslib.data import ImageDataset
+from fslib.features import encode_images, preprocess_images
+from fslib.methods.base import Images, Method
+from fslib.models import Clip, zero_shot_classifier
+from fslib.training import frozen, minibatches, train
+
+APEX_TEMPLATE = "a photo of a {}."
+ENSEMBLE_TEXT = ("prompted", "zero-shot")
+
+
+def ensemble_weights(train_text: torch.Tensor, eval_text: torch.Tensor, beta: float = 4.0,
+                     epsilon: float = 0.05) -> torch.Tensor:
+    """α per evaluation class (APEX Alg. 2): ``exp(-β d_avg)`` unless a training class is within ``ε``.
+
+    Both inputs are L2-normalised zero-shot text features: (C_train, D) and (C_eval, D).
+    """
+    similarity = eval_text @ train_text.T
+    d_avg = 1 - similarity.mean(dim=1)
+    d_nn = (1 - similarity.max(dim=1).values).clamp_min(0)
+    return torch.exp(-beta * d_avg * (d_nn > epsilon).float())
+
+
+def relative_transfer_difficulty(zero_shot_precision: float, num_classes: int) -> float:
+    """RTD = precision of a random classifier / precision of zero-shot CLIP = 1 / (C · Prec_g) (Def. 1)."""
+    return 1.0 / (num_classes * max(zero_shot_precision, 1e-8))
+
+
+class PromptedCLIP(Method):
+    """APEX (``visual_depth>0, text_tokens=2, adapter=True, ensemble=True``) and its ablations."""
+
+    def __init__(self, clip: Clip, name: str = "APEX", visual_depth: int = 0, visual_tokens: int = 2,
+                 text_tokens: int = 2, adapter: bool = True, ensemble: bool = True, epochs: int = 10,
+                 lr: float = 0.15, weight_decay: float = 1e-3, batch_size: int = 16, beta: float = 4.0,
+                 epsilon: float = 0.05, ensemble_text: str = "prompted", fixed_alpha: float | None = None,
+                 seed: int = 0):
+        super().__init__(clip)
+        if ensemble_text not in ENSEMBLE_TEXT:
+            raise ValueError(f"unknown ensemble_text {ensemble_text!r}; allowed: {', '.join(ENSEMBLE_TEXT)}")
+        if not hasattr(clip.model, "token_embedding"):
+            raise ValueError(f"{clip.name}: APEX needs open_clip's standard CLIP text tower (token_embedding)")
+        blocks = len(clip.model.visual.transformer.resblocks)
+        if not 0 <= visual_depth <= blocks:
+            raise ValueError(f"visual_depth={visual_depth} must lie in [0, {blocks}] for {clip.name}")
+        self.name, self.visual_depth, self.visual_tokens = name, visual_depth, visual_tokens
+        self.text_tokens, self.adapter, self.ensemble = text_tokens, adapter, ensemble
+        self.epochs, self.lr, self.weight_decay, self.batch_size, self.seed = epochs, lr, weight_decay, batch_size, seed
+        self.beta, self.epsilon, self.ensemble_text, self.fixed_alpha = beta, epsilon, ensemble_text, fixed_alpha
+        generator = torch.Generator().manual_seed(seed)
+        width, dim = clip.model.visual.conv1.out_channels, clip.model.text_projection.shape[1]
+        self.visual_prompts = nn.Parameter(torch.randn(visual_depth, visual_tokens, width, generator=generator) * 0.02)
+        with torch.no_grad():
+            prefix = clip.tokenizer(["a photo of a"])[0, 1:1 + text_tokens]
+            self.text_context = nn.Parameter(clip.model.token_embedding(prefix).clone())
+        self.adapter_matrix = nn.Parameter(torch.eye(dim))
+        self.adapter_bias = nn.Parameter(torch.zeros(dim))
+        self.train_text_zero_shot: torch.Tensor | None = None
+
+    # -- the two towers -------------------------------------------------------------------------
+    def image_features_prompted(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Deep VPT forward through open_clip's ViT (Eq. 6); unnormalised (B, D)."""
+        visual = self.clip.model.visual
+        x = visual.conv1(pixels.to(self.clip.device))
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        x = torch.cat([visual.class_embedding.expand(x.shape[0], 1, -1).to(x.dtype), x], dim=1)
+        x = x + visual.positional_embedding.to(x.dtype)
+        n_prompts = self.visual_tokens if self.visual_depth else 0
+        if n_prompts:  # appended after the positional embedding: prompts have no position
+            x = torch.cat([x, self.visual_prompts[0].expand(x.shape[0], -1, -1)], dim=1)
+        x = visual.ln_pre(x)
+        for i, block in enumerate(visual.transformer.resblocks):
+            if 1 <= i < self.visual_depth:  # replace the previous layer's prompt outputs
+                x = torch.cat([x[:, :-n_prompts], self.visual_prompts[i].expand(x.shape[0], -1, -1)], dim=1)
+            x = block(x)
+        pooled = visual.ln_post(x[:, 0])
+        return pooled @ visual.proj
+
+    def image_features_frozen(self, images: Images) -> torch.Tensor:
+        """Clean zero-shot image features (normalised), from the feature cache."""
+        return images if isinstance(images, torch.Tensor) else encode_images(self.clip, images, progress=False)
+
+    def text_features_prompted(self, classnames: Sequence[str]) -> torch.Tensor:
+        """"a photo of a {c}." with the first ``text_tokens`` words learnable; unnormalised (C, D)."""
+        model = self.clip.model
+        tokens = self.clip.tokenizer([APEX_TEMPLATE.format(c) for c in classnames]).to(self.clip.device)
+        x = model.token_embedding(tokens)
+        context = self.text_context.expand(len(classnames), -1, -1)
+        x = torch.cat([x[:, :1], context, x[:, 1 + self.text_tokens:]], dim=1)
+        x = x + model.positional_embedding
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+        return x[torch.arange(len(tokens)), tokens.argmax(dim=-1)] @ model.text_projection
+
+    def adapt_text(self, text: torch.Tensor) -> torch.Tensor:
+        return text @ self.adapter_matrix + self.adapter_bias if self.adapter else text
+
+    # -- Method interface -----------------------------------------------------------------------
+    def _trainable(self) -> list[nn.Parameter]:
+        params = [self.visual_prompts] if self.visual_depth else []
+        params += [self.text_context] if self.text_tokens else []
+        return params + ([self.adapter_matrix, self.adapter_bias] if self.adapter else [])
+
+    def fit(self, support: ImageDataset) -> "PromptedCLIP":
+        self._remember(support)
+        self.train_text_zero_shot = zero_shot_classifier(self.clip, self.classnames, [APEX_TEMPLATE])
+        params = self._trainable()
+        if not params:
+            return self
+        for p in params:
+            p.requires_grad_(True)
+        labels = torch.as_tensor(support.labels)
+        # without visual prompts the image tower is untouched: train on cached features
+        inputs = preprocess_images(self.clip, support) if self.visual_depth else self.image_features_frozen(support)
+        batches = minibatches(len(labels), self.batch_size, torch.Generator().manual_seed(self.seed))
+        scale = self.clip.logit_scale
+
+        def step_loss(_: int) -> torch.Tensor:
+            idx = next(batches)
+            image = self.image_features_prompted(inputs[idx]) if self.visual_depth else inputs[idx]
+            text = self.adapt_text(self.text_features_prompted(self.classnames))
+            logits = scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
+            return F.cross_entropy(logits, labels[idx].to(logits.device))
+
+        steps = self.epochs * math.ceil(len(labels) / self.batch_size)
+        # Adadelta with a high LR and a cosine schedule after one warm-up epoch (notes §3); CLIP stays frozen
+        with frozen(self.clip.model):
+            train(params, step_loss, steps, self.lr, optimizer="adadelta", weight_decay=self.weight_decay,
+                  warmup_steps=math.ceil(len(labels) / self.batch_size), device=self.clip.device, progress=False)
+        for p in params:
+            p.requires_grad_(False)
+        return self
+
+    @torch.no_grad()
+    def image_features_pair(self, images: Images) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prompted, clean zero-shot) image features, unnormalised; the second is None without VPT."""
+        if not self.visual_depth:
+            return self.image_features_frozen(images), None
+        if isinstance(images, torch.Tensor):
+            raise TypeError(f"{self.name} prompts the image tower: pass an ImageDataset, not cached features")
+        chunks = preprocess_images(self.clip, images).split(256)
+        prompted = torch.cat([self.image_features_prompted(chunk) for chunk in chunks])
+        clean = torch.cat([self.clip.model.encode_image(chunk.to(self.clip.device)) for chunk in chunks])
+        return prompted, clean
+
+    @torch.no_grad()
+    def logits_from_features(self, prompted: torch.Tensor, clean: torch.Tensor | None,
+                             classnames: Sequence[str]) -> torch.Tensor:
+        """Logits from :meth:`image_features_pair`, so sweeps over β or α reuse one image pass."""
+        names = list(classnames)
+        prompted_text = self.text_features_prompted(names)  # = zero-shot text when text_tokens == 0
+        text, image = self.adapt_text(prompted_text), prompted
+        if self.ensemble:
+            alpha = self.alpha(names)
+            zero_text = prompted_text if self.ensemble_text == "prompted" else self.clip.model.encode_text(
+                self.clip.tokenizer([APEX_TEMPLATE.format(c) for c in names]).to(self.clip.device))
+            text = alpha[:, None] * text + (1 - alpha[:, None]) * zero_text
+            if clean is not None:  # mix unnormalised features, weight ᾱ on the adapted one (official code)
+                image = alpha.mean() * prompted + (1 - alpha.mean()) * clean
+        return self.clip.logit_scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
+
+    def logits(self, images: Images, classnames: Sequence[str] | None = None) -> torch.Tensor:
+        return self.logits_from_features(*self.image_features_pair(images), classnames or self.classnames)
+
+    def alpha(self, classnames: Sequence[str]) -> torch.Tensor:
+        """Ensemble weight α for each of ``classnames`` relative to the fitted (training) classes."""
+        if self.train_text_zero_shot is None:
+            raise RuntimeError(f"{self.name}: fit before asking for α")
+        if self.fixed_alpha is not None:  # the paper's fixed-α ablation (Table 13)
+            return torch.full((len(classnames),), float(self.fixed_alpha))
+        eval_text = zero_shot_classifier(self.clip, list(classnames), [APEX_TEMPLATE])
+        return ensemble_weights(self.train_text_zero_shot, eval_text, self.beta, self.epsilon)
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self._trainable())
+
+
+# The efficient-transfer families compared in the paper, as switches of PromptedCLIP (VPT uses every block).
+FAMILIES = {
+    "zero-shot": dict(visual_depth=0, text_tokens=0, adapter=False, ensemble=False),
+    "CoOp": dict(visual_depth=0, text_tokens=4, adapter=False, ensemble=False),
+    "VPT": dict(visual_depth=-1, text_tokens=0, adapter=False, ensemble=False),
+    "TA": dict(visual_depth=0, text_tokens=0, adapter=True, ensemble=False),
+    "VPT+TA": dict(visual_depth=-1, text_tokens=2, adapter=True, ensemble=False),
+}
+
+
+def make_family(clip: Clip, family: str, **overrides) -> PromptedCLIP:
+    """A :class:`PromptedCLIP` configured as one of ``FAMILIES`` (``visual_depth=-1``: all blocks)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; allowed: {', '.join(FAMILIES)}")
+    config = {**FAMILIES[family], **overrides}
+    if config["visual_depth"] == -1:
+        config["visual_depth"] = len(clip.model.visual.transformer.resblocks)
+    return PromptedCLIP(clip, name=family, **config)
+
+
+def _ensemble_sweep(method: PromptedCLIP, features, test: ImageDataset, betas: Sequence[float],
+                    alphas: Sequence[float]) -> list[dict]:
+    """New-class accuracy over β (adaptive α) and over a fixed α, from one pass of image features."""
+    from fslib.evaluation import accuracy
+
+    rows = []
+    for knob, values in (("beta", betas), ("alpha", alphas)):
+        for value in values:
+            method.beta, method.fixed_alpha = (value, None) if knob == "beta" else (4.0, value)
+            logits = method.logits_from_features(*features, test.classnames)
+            rows.append({"knob": knob, "value": value, "accuracy": accuracy(logits, test.labels)})
+    method.beta, method.fixed_alpha = 4.0, None
+    return rows
+
+
+def base_to_new(clip: Clip, datasets: Sequence[str], shots: int, seeds: Sequence[int], epochs: int, lr: float,
+                betas: Sequence[float] = (), alphas: Sequence[float] = (), progress: bool = True):
+    """Base-to-new generalisation (CoCoOp's protocol, APEX §5): fit on ``shots`` images of each base
+    class, test on base and new classes separately. APEX is VPT+TA with the adaptive ensemble, so it
+    reuses VPT+TA's fitted prompts and adapter. Also returns new-class accuracy for a sweep of β and
+    of fixed α (the paper's Tables 12-13), and each dataset's zero-shot macro precision and RTD.
+
+    Returns ``(results, sweeps, difficulty)`` DataFrames.
+    """
+    import pandas as pd
+    from sklearn.metrics import precision_score
+    from tqdm.auto import tqdm
+
+    from fslib.data import load_dataset
+    from fslib.evaluation import accuracy
+    from fslib.fewshot import base_new_split, few_shot
+
+    results, sweeps, difficulty = [], [], []
+    for name in tqdm(datasets, desc="datasets", disable=not progress):
+        train, test = load_dataset(name, "train"), load_dataset(name, "test")
+        zero = make_family(clip, "zero-shot").fit(test)
+        predictions = zero.logits(test).argmax(dim=-1).numpy()
+        precision = precision_score(test.labels, predictions, average="macro", zero_division=0)
+        difficulty.append({"dataset": name, "zero_shot_precision": 100 * precision,
+                           "rtd": relative_transfer_difficulty(precision, test.num_classes)})
+        (base_train, _), (base_test, new_test) = base_new_split(train), base_new_split(test)
+        for seed in seeds:
+            support = few_shot(base_train, shots, seed)
+            for family in FAMILIES:
+                method = make_family(clip, family, epochs=epochs, lr=lr, seed=seed).fit(support)
+                # APEX = the fitted VPT+TA, evaluated with the adaptive ensemble switched on
+                for label in [family] + (["APEX"] if family == "VPT+TA" else []):
+                    method.ensemble = label == "APEX"
+                    for part, test_part in (("base", base_test), ("new", new_test)):
+                        features = method.image_features_pair(test_part)
+                        acc = accuracy(method.logits_from_features(*features, test_part.classnames), test_part.labels)
+                        results.append({"dataset": name, "seed": seed, "method": label, "part": part, "accuracy": acc})
+                        if label == "APEX" and part == "new":
+                            sweeps += [{"dataset": name, "seed": seed, **row}
+                                       for row in _ensemble_sweep(method, features, test_part, betas, alphas)]
+    return pd.DataFrame(results), pd.DataFrame(sweeps), pd.DataFrame(difficulty)

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fslib.features import encode_images
+from fslib.methods.baselines import ZeroShot
+from fslib.methods.llu import LLU, GlobalResidualAdapter, LocalAffine, TipAdapter, locality_weight, reduce_centres, update_field_2d
+from tests.conftest import make_dataset
+
+
+def test_weight_vanishes_far_from_every_centre_and_the_embedding_is_unchanged():
+    local = LocalAffine(3)
+    with torch.no_grad():
+        local.weight.copy_(torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]))  # a 90° rotation
+    local.centres = torch.tensor([[1.0, 0, 0]])
+    far = torch.tensor([[-1.0, 0, 0], [0, 0, 1.0]])  # cosine <= 0 to the centre: dist = 1
+    weights = locality_weight(far, local.centres, gamma=0.5, kappa=40.0)
+    assert torch.all(weights < 1e-17)
+    torch.testing.assert_close(local(far, 0.5, 40.0), far)
+    near = torch.tensor([[1.0, 0, 0]])
+    assert locality_weight(near, local.centres, 0.5, 40.0).item() == pytest.approx(0.5)  # w = γ on a centre
+    assert not torch.allclose(local(near, 0.5, 40.0), near)
+
+
+def test_weights_are_per_sample_within_a_batch():
+    centres = torch.tensor([[1.0, 0.0]])
+    batch = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), dim=-1)
+    w = locality_weight(batch, centres, gamma=0.5, kappa=5.0)
+    assert len(set(w.tolist())) == 3
+    expected = 0.5 * torch.exp(-5.0 * (1 - batch[:, 0].clamp(0, 1)))
+    torch.testing.assert_close(w, expected)
+
+
+def test_identity_init_reproduces_zero_shot_logits(random_clip):
+    data = make_dataset(3, 4)
+    llu = LLU(random_clip, steps=0).fit(data)
+    torch.testing.assert_close(llu.logits(data), ZeroShot(random_clip).fit(data).logits(data), rtol=1e-5, atol=1e-4)
+
+
+def test_reduce_centres_merges_to_the_normalised_cluster_sum():
+    points = F.normalize(torch.tensor([[1.0, 0.0], [0.99, 0.05], [0.0, 1.0]]), dim=-1)
+    centres = reduce_centres(points, 2)
+    assert centres.shape == (2, 2)
+    expected = F.normalize(points[0] + points[1], dim=0)
+    assert min((centres - expected).norm(dim=1)) < 1e-6
+
+
+def test_adapters_fit_and_score_new_classes(random_clip):
+    data = make_dataset(4, 5)
+    features = encode_images(random_clip, data, progress=False)
+    for method in (LLU(random_clip, steps=20), GlobalResidualAdapter(random_clip, steps=20), TipAdapter(random_clip)):
+        method.fit(data)
+        assert method.logits(features).shape == (20, 4)
+        assert method.logits(features, ["zebra", "class1"]).shape == (20, 2)
+        assert method.fit_seconds >= 0
+
+
+def test_toy_update_field_is_local():
+    points, moves = update_field_2d(np.array([[1.0, 0.0]]), rotation_deg=30, kappa=20.0)
+    lengths = np.linalg.norm(moves, axis=1)
+    assert lengths[0] > 0.1 and lengths[len(points) // 2] < 1e-6  # at the centre vs opposite it
