@@ -108,3 +108,47 @@ def paired_difference(results, better: str, worse: str, by: str = "dataset", pai
         ci = mean_ci((part[better] - part[worse]).tolist())
         rows.append({by: group, "difference": ci.mean, "ci95": ci.half_width, "n": ci.n})
     return pd.DataFrame(rows)
+
+
+def base_to_new(factories: dict, datasets: Sequence[str], shots: int, seeds: Sequence[int], progress: bool = True):
+    """Base-to-new generalisation for methods behind the shared interface (CoCoOp's protocol).
+
+    ``factories`` maps a label to a zero-argument constructor. Each method is fitted on ``shots``
+    images per base class (first half of the labels) and scored on the base and on the new test
+    classes, each with its own label set. A method that cannot score unseen classes (a linear probe)
+    gets NaN on new. Returns rows ``dataset, seed, method, part, accuracy, fit_seconds``.
+    """
+    import time
+
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from fslib.data import load_dataset
+    from fslib.fewshot import base_new_split, few_shot
+
+    rows = []
+    for name in tqdm(datasets, desc="datasets", disable=not progress):
+        (base_train, _), (base_test, new_test) = base_new_split(load_dataset(name, "train")), base_new_split(load_dataset(name, "test"))
+        for seed in seeds:
+            support = few_shot(base_train, shots, seed)
+            for label, make in factories.items():
+                start = time.perf_counter()
+                method = make().fit(support)
+                seconds = time.perf_counter() - start
+                try:
+                    new = accuracy(method.logits(new_test, new_test.classnames), new_test.labels)
+                except ValueError:
+                    new = float("nan")
+                for part, acc in (("base", evaluate(method, base_test)), ("new", new)):
+                    rows.append({"dataset": name, "seed": seed, "method": label, "part": part, "accuracy": acc,
+                                 "fit_seconds": seconds})
+    return pd.DataFrame(rows)
+
+
+def harmonic_mean_table(results):
+    """Per (dataset, method): seed-averaged base and new accuracy and their HM; plus the average over
+    datasets as the mean of per-dataset HMs (the convention of the papers' main rows)."""
+    table = results.groupby(["dataset", "method", "part"], sort=False).accuracy.mean().unstack("part")
+    table["HM"] = [harmonic_mean(b, n) for b, n in zip(table["base"], table["new"])]
+    average = table.groupby("method", sort=False)[["base", "new", "HM"]].mean()
+    return table, average

@@ -14,11 +14,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
+
+if TYPE_CHECKING:
+    from fslib.data import ImageDataset
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 EMBEDDED_MODEL = "fslib-tiny-vit"
@@ -125,3 +129,20 @@ def zero_shot_classifier(clip: Clip, classnames: Sequence[str], templates: Seque
     prompts = [template.format(name) for name in classnames for template in templates]
     features = clip.encode_text(prompts).view(len(classnames), len(templates), -1)
     return F.normalize(features.mean(dim=1), dim=-1)
+
+
+def prompt_tokens(clip: Clip, dataset: "ImageDataset") -> torch.Tensor:
+    """One prompt per class (the dataset's first template), tokenised: (C, context_length)."""
+    return clip.tokenizer([dataset.templates[0].format(name) for name in dataset.classnames])
+
+
+def prompt_logits(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor,
+                  params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``exp(s) * cos(image, prompt)`` logits, (B, C); ``params`` evaluates the model functionally."""
+    device = next(model.parameters()).device
+    images, tokens = images.to(device), tokens.to(device)
+    if params is None:
+        image_features, text_features, scale = model(images, tokens)[:3]
+    else:
+        image_features, text_features, scale = functional_call(model, params, (images, tokens))[:3]
+    return scale * image_features @ text_features.T

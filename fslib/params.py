@@ -34,6 +34,18 @@ def positive_float(name: str, value: Any) -> float:
     return float(value)
 
 
+def non_negative_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a number >= 0")
+    return float(value)
+
+
+def fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a number in [0, 1)")
+    return float(value)
+
+
 def _as_list(value: Any) -> list:
     """papermill's ``-p`` passes lists as text: accept "[1, 2]", "1,2" and a bare value too."""
     if isinstance(value, str):

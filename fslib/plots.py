@@ -155,3 +155,92 @@ def ablation_sweeps(sweeps: "pd.DataFrame") -> plt.Figure:
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def domain_bars(results: "pd.DataFrame") -> plt.Figure:
+    """Mean accuracy per variant, ID vs OOD, without and with fine-tuning; error bars are 95% CIs over tasks."""
+    from fslib.evaluation import summarise
+
+    summary = summarise(results, ["finetune", "domain", "variant"])
+    panels = list(dict.fromkeys(summary["finetune"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), sharey=True, squeeze=False)
+    variants = list(dict.fromkeys(results["variant"]))
+    for ax, mode in zip(axes[0], panels):
+        part = summary[summary["finetune"] == mode]
+        for offset, (domain, rows) in zip((-0.2, 0.2), part.groupby("domain", sort=False)):
+            rows = rows.set_index("variant").loc[variants]
+            ax.bar(np.arange(len(variants)) + offset, rows["mean"], 0.4, yerr=rows["ci95"], label=domain, capsize=2)
+        ax.set_xticks(np.arange(len(variants)), variants, rotation=25, ha="right")
+        ax.set_title("no fine-tuning" if mode == "none" else f"+ {mode} fine-tuning")
+    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][0].legend()
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff(results: "pd.DataFrame") -> plt.Figure:
+    """SMAT's ID vs OOD accuracy over sparsity τ, one line per expert count M (points labelled by τ)."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    summary = results.groupby(["experts", "tau", "domain"])["accuracy"].mean().unstack("domain").reset_index()
+    for colour, (m, rows) in zip(sns.color_palette(), summary.groupby("experts")):
+        ax.plot(rows["ID"], rows["OOD"], marker="o", color=colour, label=f"M = {m}")
+        for _, row in rows.iterrows():
+            ax.annotate(f"τ={row['tau']}", (row["ID"], row["OOD"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="in-distribution accuracy (%)", ylabel="out-of-distribution accuracy (%)", title="Sparsity trade-off")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def expert_heatmaps(usage: np.ndarray, datasets: Sequence[str], overlap: np.ndarray) -> plt.Figure:
+    """Expert-by-dataset router weights, and the experts' mask-overlap matrix."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.35 * len(datasets) + 2.2))
+    sns.heatmap(usage, ax=axes[0], annot=True, fmt=".2f", cmap="viridis", yticklabels=datasets,
+                xticklabels=[f"e{m}" for m in range(usage.shape[1])], cbar_kws={"label": "mean α"})
+    axes[0].set(title="router weight per test dataset", xlabel="expert")
+    sns.heatmap(overlap, ax=axes[1], annot=True, fmt=".2f", cmap="mako", vmin=0, vmax=1,
+                xticklabels=[f"e{m}" for m in range(len(overlap))], yticklabels=[f"e{m}" for m in range(len(overlap))])
+    axes[1].set(title="mask overlap (Jaccard)")
+    fig.tight_layout()
+    return fig
+
+
+def update_fields(fields: dict) -> plt.Figure:
+    """LLU's toy picture: for each κ, unit vectors on a circle and their update arrows (``{κ: (points, moves)}``)."""
+    fig, axes = plt.subplots(1, len(fields), figsize=(3.3 * len(fields), 3.3))
+    for ax, (kappa, (points, moves)) in zip(np.atleast_1d(axes), fields.items()):
+        ax.add_patch(plt.Circle((0, 0), 1, fill=False, color="grey", lw=0.8))
+        ax.quiver(points[:, 0], points[:, 1], moves[:, 0], moves[:, 1], angles="xy", scale_units="xy", scale=1,
+                  color=sns.color_palette()[0], width=0.006)
+        ax.scatter([1], [0], color=sns.color_palette()[3], s=60, zorder=3, label="training centre")
+        ax.set(xlim=(-1.4, 1.4), ylim=(-1.4, 1.4), aspect="equal", title=f"κ = {kappa:g}", xticks=[], yticks=[])
+    np.atleast_1d(axes)[0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def time_vs_accuracy(speed: "pd.DataFrame") -> plt.Figure:
+    """Fit time (log scale) vs harmonic mean per method (columns ``fit seconds``, ``HM``, ``base``)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    score = speed["HM"].fillna(speed["base"])
+    ax.scatter(speed["fit seconds"].clip(lower=1e-4), score, s=40, zorder=3)
+    for method, x, y in zip(speed.index, speed["fit seconds"].clip(lower=1e-4), score):
+        ax.annotate(method, (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set(xlabel="fit time per task (s, log scale)", ylabel="harmonic mean (base for the probe) (%)",
+           title="Accuracy vs training time")
+    fig.tight_layout()
+    return fig
+
+
+def kappa_tradeoff(curve: "pd.DataFrame", zero_shot: "pd.Series") -> plt.Figure:
+    """LLU's base and new accuracy over κ, with zero-shot as dashed references."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for colour, part in zip(sns.color_palette(), ("base", "new")):
+        ax.plot(curve.index, curve[part], marker="o", color=colour, label=f"LLU {part}")
+        ax.axhline(zero_shot[part], color=colour, ls="--", lw=1, label=f"zero-shot {part}")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set(xlabel="κ (kernel sharpness; 0 = global)", ylabel="accuracy (%)", title="From global to local updates")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -29,13 +29,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from fslib.data import ImageDataset
 from fslib.features import preprocess_images
 from fslib.methods.base import Images, Method
-from fslib.models import Clip
+from fslib.models import Clip, prompt_logits, prompt_tokens
 from fslib.training import minibatches, train
 
 STRATEGIES = ("finetune", "mamf", "fomaml")
@@ -57,23 +56,6 @@ def task_count(n_way: int, num_classes: int, miss_probability: float = 0.001) ->
 def sample_tasks(num_classes: int, n_way: int, count: int, rng: np.random.Generator) -> list[list[int]]:
     """``count`` independent uniform ``n_way``-subsets of the classes (a subset may repeat)."""
     return [sorted(rng.choice(num_classes, n_way, replace=False).tolist()) for _ in range(count)]
-
-
-def prompt_tokens(clip: Clip, dataset: ImageDataset) -> torch.Tensor:
-    """One prompt per class (the dataset's first template), tokenised: (C, context_length)."""
-    return clip.tokenizer([dataset.templates[0].format(name) for name in dataset.classnames])
-
-
-def prompt_logits(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor,
-                  params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """``exp(s) * cos(image, prompt)`` logits, (B, C); ``params`` evaluates the model functionally."""
-    device = next(model.parameters()).device
-    images, tokens = images.to(device), tokens.to(device)
-    if params is None:
-        image_features, text_features, scale = model(images, tokens)[:3]
-    else:
-        image_features, text_features, scale = functional_call(model, params, (images, tokens))[:3]
-    return scale * image_features @ text_features.T
 
 
 def in_batch_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor,

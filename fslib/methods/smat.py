@@ -375,3 +375,79 @@ def mask_overlap(experts: SparseInterpolatedExperts) -> "np.ndarray":
     sizes = binary.sum(0)
     union = sizes[:, None] + sizes[None, :] - intersection
     return (intersection / union.clamp_min(1)).numpy()
+
+
+VARIANTS = {  # label -> masks mode, in the order the notebook shows them
+    "pretrained ProtoNet": "none",
+    "dense meta-tuning": "dense",
+    "random mask": "random",
+    "magnitude mask": "magnitude",
+    "SMAT": "learned",
+}
+
+
+def episodes_for(datasets: Sequence[str], split: str, n_way: int, shots: int, queries: int, count: int, seed: int) -> dict:
+    """``count`` N-way K-shot episodes per dataset (its own sampler, so every variant sees the same ones)."""
+    from fslib.data import load_dataset
+    from fslib.fewshot import EpisodeSampler
+
+    out = {}
+    for i, name in enumerate(datasets):
+        sampler = EpisodeSampler([load_dataset(name, split)], n_way, shots, queries, seed=seed * 1000 + i)
+        out[name] = [sampler.sample() for _ in range(count)]
+    return out
+
+
+def evaluate_experts(clip: Clip, experts: SparseInterpolatedExperts, test_episodes: dict, label: str,
+                     finetune: Sequence[str] = ("none",), steps: int = 10, lr: float = 1e-4) -> list[dict]:
+    """Query accuracy per test episode, without and (optionally) with test-time fine-tuning."""
+    from fslib.evaluation import evaluate
+
+    rows = []
+    for mode in finetune:
+        for dataset, episodes in test_episodes.items():
+            for t, ep in enumerate(episodes):
+                method = SMAT(clip, experts, finetune=mode, steps=steps, lr=lr).fit(ep.support)
+                rows.append({"variant": label, "finetune": mode, "dataset": dataset, "task": t,
+                             "accuracy": evaluate(method, ep.query)})
+    return rows
+
+
+def compare_variants(clip: Clip, id_datasets: Sequence[str], ood_datasets: Sequence[str], n_way: int, shots: int,
+                     train_tasks: int, test_tasks: int, sparsity: float, num_experts: int, seed: int,
+                     finetune_steps: int = 10, finetune_lr: float = 1e-4, queries: int = 5, progress: bool = True):
+    """SMAT and its baselines, meta-trained on the same in-distribution episodes (train splits) and tested
+    on the same episodes of every ID and OOD dataset (test splits), without and with full fine-tuning.
+
+    Returns ``(results, {label: experts}, train episodes, {dataset: test episodes})``.
+    """
+    import pandas as pd
+
+    from fslib.data import load_dataset
+    from fslib.fewshot import EpisodeSampler
+
+    pool = [load_dataset(name, "train") for name in id_datasets]
+    sampler = EpisodeSampler(pool, n_way, shots, queries, seed=seed)
+    train_episodes = [sampler.sample() for _ in range(train_tasks)]
+    test_episodes = episodes_for([*id_datasets, *ood_datasets], "test", n_way, shots, queries, test_tasks, seed)
+    rows, trained = [], {}
+    for label, mode in tqdm(VARIANTS.items(), desc="variants", disable=not progress):
+        trained[label] = meta_train(clip, train_episodes, mode, num_experts, sparsity, seed=seed, progress=False)
+        rows += evaluate_experts(clip, trained[label], test_episodes, label, ("none", "full"), finetune_steps, finetune_lr)
+    results = pd.DataFrame(rows)
+    results["domain"] = ["ID" if d in id_datasets else "OOD" for d in results["dataset"]]
+    return results, trained, train_episodes, test_episodes
+
+
+def sparsity_tradeoff(clip: Clip, train_episodes: Sequence[Episode], test_episodes: dict, id_datasets: Sequence[str],
+                      taus: Sequence[float], expert_counts: Sequence[int], seed: int, progress: bool = True):
+    """ID and OOD accuracy (no fine-tuning) of SMAT over sparsity levels τ and expert counts M."""
+    import pandas as pd
+
+    rows = []
+    for tau in tqdm(taus, desc="tau", disable=not progress):
+        for m in expert_counts:
+            experts = meta_train(clip, train_episodes, "learned", m, tau, seed=seed, progress=False)
+            for row in evaluate_experts(clip, experts, test_episodes, "SMAT"):
+                rows.append({**row, "tau": tau, "experts": m, "domain": "ID" if row["dataset"] in id_datasets else "OOD"})
+    return pd.DataFrame(rows)
