@@ -152,3 +152,29 @@ def harmonic_mean_table(results):
     table["HM"] = [harmonic_mean(b, n) for b, n in zip(table["base"], table["new"])]
     average = table.groupby("method", sort=False)[["base", "new", "HM"]].mean()
     return table, average
+
+
+def cross_dataset(factories: dict, source: str, targets: Sequence[str], shots: int, seeds: Sequence[int],
+                  progress: bool = True):
+    """Fit each method on ``shots`` per class of ``source`` and score the test split of every target with
+    the target's own class names: domain shift when the classes are shared, forgetting when they are not.
+
+    Returns rows ``method, seed, target, accuracy`` (the source's own test split included).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from fslib.data import load_dataset
+    from fslib.fewshot import few_shot
+
+    train = load_dataset(source, "train")
+    tests = {name: load_dataset(name, "test") for name in [source, *targets]}
+    rows = []
+    for seed in tqdm(seeds, desc=f"from {source}", disable=not progress):
+        support = few_shot(train, shots, seed)
+        for label, make in factories.items():
+            method = make().fit(support)
+            for name, test in tests.items():
+                rows.append({"method": label, "seed": seed, "target": name,
+                             "accuracy": accuracy(method.logits(test, test.classnames), test.labels)})
+    return pd.DataFrame(rows)

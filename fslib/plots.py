@@ -244,3 +244,30 @@ def kappa_tradeoff(curve: "pd.DataFrame", zero_shot: "pd.Series") -> plt.Figure:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def transfer_bars(matrix: "pd.DataFrame") -> plt.Figure:
+    """Accuracy per target dataset (columns) for each method (rows): grouped bars."""
+    fig, ax = plt.subplots(figsize=(1.6 * len(matrix.columns) + 2.5, 3.6))
+    width = 0.8 / len(matrix)
+    for i, (method, row) in enumerate(matrix.iterrows()):
+        ax.bar(np.arange(len(row)) + (i - (len(matrix) - 1) / 2) * width, row.values, width, label=method)
+    ax.set_xticks(np.arange(len(matrix.columns)), matrix.columns)
+    ax.set(ylabel="accuracy (%)", title="After fine-tuning on the source: shifted styles and an unrelated dataset")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_and_interpolation(ablation: "pd.DataFrame", ratios: "pd.DataFrame", dataset: str) -> plt.Figure:
+    """CLIP-CITE's loss ablation (base/new/HM bars) and its WiSE-FT ratio sweep (base and new lines)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    ablation[["base", "new", "HM"]].plot.bar(ax=axes[0], rot=0)
+    axes[0].set(ylabel="accuracy (%)", xlabel="", title="loss ablation (mean over datasets)")
+    for part, rows in ratios.groupby("part", sort=False):
+        axes[1].plot(rows["ratio"], rows["accuracy"], marker="o", label=part)
+    axes[1].set(xlabel="interpolation ratio (0 = pretrained, 1 = fine-tuned)", ylabel="accuracy (%)",
+                title=f"weight-space interpolation ({dataset})")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -71,6 +71,8 @@ class PromptedCLIP(Method):
             raise ValueError(f"unknown ensemble_text {ensemble_text!r}; allowed: {', '.join(ENSEMBLE_TEXT)}")
         if not hasattr(clip.model, "token_embedding"):
             raise ValueError(f"{clip.name}: APEX needs open_clip's standard CLIP text tower (token_embedding)")
+        if not getattr(clip.model.visual.transformer, "batch_first", True):
+            raise ValueError(f"{clip.name}: APEX's prompt insertion expects open_clip's batch-first ViT blocks")
         blocks = len(clip.model.visual.transformer.resblocks)
         if not 0 <= visual_depth <= blocks:
             raise ValueError(f"visual_depth={visual_depth} must lie in [0, {blocks}] for {clip.name}")

@@ -148,3 +148,18 @@ def make_variant(clip: Clip, variant: str, **overrides) -> FullFineTune:
     if variant not in variants:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(variants)}")
     return FullFineTune(clip, name=variant, **{**variants[variant], **overrides})
+
+
+def interpolation_sweep(method: FullFineTune, tests: dict[str, ImageDataset], ratios: Sequence[float]):
+    """Accuracy of a fitted method on each named test set over WiSE-FT ratios (0 = pretrained)."""
+    import pandas as pd
+
+    from fslib.evaluation import accuracy
+
+    rows, previous = [], method.interpolation
+    for ratio in ratios:
+        method.set_interpolation(ratio)
+        rows += [{"ratio": ratio, "part": part, "accuracy": accuracy(method.logits(test, test.classnames), test.labels)}
+                 for part, test in tests.items()]
+    method.set_interpolation(previous)
+    return pd.DataFrame(rows)

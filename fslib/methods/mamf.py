@@ -194,11 +194,13 @@ class PromptFineTune(Method):
 
 def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int], shots: int, tasks: int,
                        seeds: Sequence[int], epochs: int, lr: float, inner_lr: float, inner_steps: int,
-                       adapt_epochs: int, queries: int = 8, random_heads: bool = False, progress: bool = True):
+                       adapt_epochs: int, train_per_class: int, queries: int = 8, random_heads: bool = False,
+                       progress: bool = True):
     """The paper's comparison: zero-shot, fine-tuning, FOMAML and MAMF on ``tasks`` test episodes per
     (dataset, n-way, seed); the same episodes for every method, so differences are paired.
 
-    Meta-training uses each dataset's train split; test episodes draw ``shots`` support and
+    Meta-training uses ``train_per_class`` images per class of each dataset's train split (drawn by
+    seed); test episodes draw ``shots`` support and
     ``queries`` query images per class from its test split (held-out images of the same classes,
     as in the official code, notes §4). Returns a tidy DataFrame (one row per method and episode).
     """
@@ -206,12 +208,12 @@ def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int
 
     from fslib.data import load_dataset
     from fslib.evaluation import episode_accuracies
-    from fslib.fewshot import EpisodeSampler
+    from fslib.fewshot import EpisodeSampler, few_shot
 
     rows = []
     jobs = [(name, seed) for name in datasets for seed in seeds]
     for name, seed in tqdm(jobs, desc="datasets x seeds", disable=not progress):
-        train_set, test_set = load_dataset(name, "train"), load_dataset(name, "test")
+        train_set, test_set = few_shot(load_dataset(name, "train"), train_per_class, seed), load_dataset(name, "test")
         common = dict(epochs=epochs, lr=lr, batch_size=32, seed=seed, random_heads=random_heads, progress=False)
         finetuned = meta_train(clip, train_set, "finetune", n_way=2, **common)
         for n in n_ways:
