@@ -71,6 +71,19 @@ def few_shot_sweep(make_method, train, test, shots: Sequence[int], seeds: Sequen
     return pd.DataFrame(rows)
 
 
+def select_on_validation(make_method, candidates: Sequence, train, val) -> tuple[object, "pd.DataFrame"]:
+    """Pick a hyper-parameter on a validation split, never on test.
+
+    ``make_method(value)`` builds the method for one candidate value; each is fitted on ``train`` and
+    scored on ``val``. Returns the best value (the first on ties) and the table of validation accuracies.
+    """
+    import pandas as pd
+
+    table = pd.DataFrame({"value": list(candidates),
+                          "val_accuracy": [evaluate(make_method(v).fit(train), val) for v in candidates]})
+    return table.value[table.val_accuracy.idxmax()], table
+
+
 def summarise(results, by: Sequence[str], value: str = "accuracy"):
     """Mean, 95% CI half-width and count of ``value`` per group of ``by`` (a tidy DataFrame)."""
     import pandas as pd

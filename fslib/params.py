@@ -65,6 +65,20 @@ def int_list(name: str, value: Any) -> list[int]:
     return [positive_int(name, v) for v in values]
 
 
+def positive_float_list(name: str, value: Any) -> list[float]:
+    """A non-empty list of numbers > 0: a list, a bare number, or text like "1e-5,3e-5"."""
+    values = _as_list(value)
+    if not values:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a non-empty list of numbers > 0")
+    converted = []
+    for v in values:
+        try:
+            converted.append(float(v) if isinstance(v, str) else v)
+        except ValueError:
+            raise ValueError(f"{name}: {v!r} is not a number; it must be a list of numbers > 0") from None
+    return [positive_float(name, v) for v in converted]
+
+
 def choice(*allowed: Any) -> Check:
     def check(name: str, value: Any) -> Any:
         if value not in allowed:

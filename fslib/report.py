@@ -35,8 +35,10 @@ def reset_claims(notebook: str) -> None:
     _claims_file(notebook).unlink(missing_ok=True)
 
 
-def check_claim(notebook: str, claim: str, held: bool, evidence: str) -> bool:
-    """Print and record whether ``claim`` held on this run, with the numbers in ``evidence``."""
+def check_claim(notebook: str, claim: str, held: bool, evidence: str) -> None:
+    """Print and record whether ``claim`` held on this run, with the numbers in ``evidence``.
+
+    Returns nothing, so a notebook cell that ends with a check shows only the printed verdict."""
     held = bool(held)
     print(f"[{'HELD' if held else 'DID NOT HOLD'}] {claim}\n    {evidence}")
     path = _claims_file(notebook)
@@ -44,7 +46,6 @@ def check_claim(notebook: str, claim: str, held: bool, evidence: str) -> bool:
     records = json.loads(path.read_text()) if path.exists() else []
     records = [r for r in records if r["claim"] != claim] + [{"claim": claim, "held": held, "evidence": evidence}]
     path.write_text(json.dumps(records, indent=2))
-    return held
 
 
 def run_notebooks(notebooks: list[Path], out_dir: Path) -> list[dict]:

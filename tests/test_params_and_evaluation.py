@@ -1,9 +1,10 @@
 import math
 
 import pytest
+import torch
 
 from fslib import params
-from fslib.evaluation import accuracy, harmonic_mean, mean_ci
+from fslib.evaluation import accuracy, harmonic_mean, mean_ci, select_on_validation
 
 CHECKS = dict(model=params.model_name, pretrained=lambda n, v: v, datasets=params.dataset_list,
               shots=params.positive_int, seeds=params.int_list, device=params.device)
@@ -62,3 +63,33 @@ def test_list_parameters_accept_papermill_text():
     assert params.dataset_list("datasets", "shapes, counting") == ["shapes", "counting"]
     with pytest.raises(ValueError, match="shots='x' is not allowed"):
         params.int_list("shots", "1,x")
+
+
+def test_select_on_validation_scores_val_and_keeps_the_first_best():
+    from types import SimpleNamespace
+
+    val = SimpleNamespace(labels=torch.tensor([1, 1, 1, 0]))
+
+    class Guess:  # predicts class `value` for every image, so val accuracy is known by hand
+        def __init__(self, value):
+            self.value = value
+
+        def fit(self, train):
+            return self
+
+        def logits(self, images):
+            return torch.nn.functional.one_hot(torch.full((4,), self.value), 2).float()
+
+    best, table = select_on_validation(Guess, [0, 1], train=None, val=val)
+    assert best == 1 and table.val_accuracy.tolist() == [25.0, 75.0]
+    tied = SimpleNamespace(labels=torch.tensor([0, 1, 0, 1]))
+    assert select_on_validation(Guess, [1, 0], train=None, val=tied)[0] == 1
+
+
+def test_float_lists_accept_papermill_text_and_name_bad_values():
+    assert params.positive_float_list("lrs", "1e-5, 3e-5") == [1e-5, 3e-5]
+    assert params.positive_float_list("lrs", 0.1) == [0.1]
+    with pytest.raises(ValueError, match="lrs: 'fast' is not a number"):
+        params.positive_float_list("lrs", "fast")
+    with pytest.raises(ValueError, match=r"lrs=-1.0 is not allowed; it must be a number > 0"):
+        params.positive_float_list("lrs", [-1.0])

@@ -46,8 +46,15 @@ def sample_batch(rng: np.random.Generator, size: int, preprocess_mean: torch.Ten
     return (pixels - preprocess_mean) / preprocess_std, [caption for _, caption in pairs]
 
 
+def save_fp16(model: torch.nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.half() for k, v in model.state_dict().items()}, path)
+
+
 def pretrain(seed: int, steps: int, batch_size: int, lr: float, weight_decay: float, warmup: int,
-             out: Path) -> dict:
+             out: Path, snapshot_every: int = 0) -> dict:
+    """Train from scratch and save to ``out``; ``snapshot_every`` > 0 also saves ``out.stepN.pt``
+    along the way, so a long run can be checked (``--card-only --out``) before it ends."""
     register_model_configs()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -78,24 +85,25 @@ def pretrain(seed: int, steps: int, batch_size: int, lr: float, weight_decay: fl
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < steps:
+            save_fp16(model, out.with_suffix(f".step{step + 1}.pt"))
     wall = time.time() - start
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.half() for k, v in model.state_dict().items()}, out)
+    save_fp16(model, out)
     return {"wall_time_s": round(wall, 1), "final_loss": round(float(np.mean(losses[-50:])), 4),
             "loss_curve": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, steps, 50)]}
 
 
-def write_model_card(training: dict, recipe: dict, card_path: Path) -> dict:
-    """Measure zero-shot accuracy on every embedded test split and write the card (md + json)."""
+def write_model_card(training: dict, recipe: dict, checkpoint: Path, card_path: Path) -> dict:
+    """Measure ``checkpoint``'s zero-shot accuracy on every embedded test split; write the card (md + json)."""
     from fslib.evaluation import zero_shot_table
     from fslib.models import load_clip
     from fslib.world.suite import WORLD_DATASETS
 
-    clip = load_clip(EMBEDDED_MODEL, str(EMBEDDED_CHECKPOINT), "cpu")
+    clip = load_clip(EMBEDDED_MODEL, str(checkpoint), "cpu")
     table = zero_shot_table(clip, list(WORLD_DATASETS))
     results = {row.dataset: {"domain": row.domain, "classes": row.classes, "chance": round(row.chance, 1),
                              "zero_shot": round(row.zero_shot, 1)} for row in table.itertuples()}
-    card = {"model": EMBEDDED_MODEL, "checkpoint": EMBEDDED_CHECKPOINT.name, "recipe": recipe,
+    card = {"model": EMBEDDED_MODEL, "checkpoint": checkpoint.name, "recipe": recipe,
             "parameters_M": round(sum(p.numel() for p in clip.model.parameters()) / 1e6, 2),
             "training": training, "zero_shot_test_accuracy": results,
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
@@ -136,14 +144,15 @@ def main() -> None:
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--out", type=Path, default=EMBEDDED_CHECKPOINT)
     parser.add_argument("--card-only", action="store_true", help="skip training; re-measure the card")
+    parser.add_argument("--snapshot-every", type=int, default=0, help="also save a checkpoint every N steps")
     args = parser.parse_args()
     recipe = {key: getattr(args, key) for key in RECIPE}
-    card_path = ASSETS / "MODEL_CARD.md"
+    card_path = args.out.parent / "MODEL_CARD.md"  # next to the checkpoint it describes
     if args.card_only:
         training = json.loads(card_path.with_suffix(".json").read_text())["training"] if card_path.with_suffix(".json").exists() else {}
     else:
-        training = pretrain(out=args.out, **recipe)
-    card = write_model_card(training, recipe, card_path)
+        training = pretrain(out=args.out, snapshot_every=args.snapshot_every, **recipe)
+    card = write_model_card(training, recipe, args.out, card_path)
     for name, row in card["zero_shot_test_accuracy"].items():
         print(f"{name:16s} zero-shot {row['zero_shot']:5.1f}%  (chance {row['chance']}%)")
 
