@@ -126,14 +126,15 @@ def gain_vs_difficulty(gains: "pd.DataFrame") -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 4))
     for colour, (method, rows) in zip(sns.color_palette(), gains.groupby("method", sort=False)):
         ax.scatter(rows["rtd"], rows["gain"], color=colour, label=method, s=30, zorder=3)
-        if len(rows) >= 2:
-            slope, intercept = np.polyfit(rows["rtd"], rows["gain"], 1)
-            xs = np.linspace(gains["rtd"].min(), gains["rtd"].max(), 20)
-            ax.plot(xs, intercept + slope * xs, color=colour, lw=1, ls="--")
+        if len(rows) >= 2:  # least-squares line in log difficulty: RTD spans orders of magnitude
+            slope, intercept = np.polyfit(np.log(rows["rtd"]), rows["gain"], 1)
+            xs = np.geomspace(gains["rtd"].min(), gains["rtd"].max(), 20)
+            ax.plot(xs, intercept + slope * np.log(xs), color=colour, lw=1, ls="--")
     for _, row in gains.drop_duplicates("dataset").iterrows():
         ax.annotate(row["dataset"], (row["rtd"], gains["gain"].min()), fontsize=7, rotation=90, va="bottom", alpha=0.6)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set(xlabel="relative transfer difficulty (1 / (C · zero-shot precision)); harder →",
+    ax.set_xscale("log")
+    ax.set(xlabel="relative transfer difficulty (1 / (C · zero-shot precision), log scale); harder →",
            ylabel="base-class gain over zero-shot (points)", title="Which ETL family helps, by difficulty")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -168,7 +169,7 @@ def domain_bars(results: "pd.DataFrame") -> plt.Figure:
     for ax, mode in zip(axes[0], panels):
         part = summary[summary["finetune"] == mode]
         for offset, (domain, rows) in zip((-0.2, 0.2), part.groupby("domain", sort=False)):
-            rows = rows.set_index("variant").loc[variants]
+            rows = rows.set_index("variant").reindex(variants)  # NaN (no bar) where a variant was not run
             ax.bar(np.arange(len(variants)) + offset, rows["mean"], 0.4, yerr=rows["ci95"], label=domain, capsize=2)
         ax.set_xticks(np.arange(len(variants)), variants, rotation=25, ha="right")
         ax.set_title("no fine-tuning" if mode == "none" else f"+ {mode} fine-tuning")

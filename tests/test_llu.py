@@ -60,3 +60,10 @@ def test_toy_update_field_is_local():
     points, moves = update_field_2d(np.array([[1.0, 0.0]]), rotation_deg=30, kappa=20.0)
     lengths = np.linalg.norm(moves, axis=1)
     assert lengths[0] > 0.1 and lengths[len(points) // 2] < 1e-6  # at the centre vs opposite it
+
+
+def test_update_weights_report_gamma_on_the_training_data(random_clip):
+    data = make_dataset(3, 4)
+    llu = LLU(random_clip, gamma=0.5, kappa=10.0, steps=0, max_centres=100).fit(data)
+    weights = llu.update_weights(data, data.classnames)  # every image and prompt is its own centre
+    assert weights["images"] == pytest.approx(0.5, abs=1e-4) and weights["class prompts"] == pytest.approx(0.5, abs=1e-4)

@@ -131,6 +131,13 @@ class LLU(_FeatureMethod):
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.image_map.parameters()) + sum(p.numel() for p in self.text_map.parameters())
 
+    @torch.no_grad()
+    def update_weights(self, images: Images, classnames: Sequence[str]) -> dict[str, float]:
+        """Mean locality weight ``w`` the fitted update gives these images and these classes' prompts:
+        0 means "left as zero-shot", γ means "fully updated" (how local the update really is)."""
+        return {"images": locality_weight(self.image_features(images), self.image_map.centres, self.gamma, self.kappa).mean().item(),
+                "class prompts": locality_weight(self._text(classnames), self.text_map.centres, self.gamma, self.kappa).mean().item()}
+
 
 class GlobalResidualAdapter(_FeatureMethod):
     """CLIP-Adapter (Gao et al., 2021): ``f' = r · MLP(f) + (1 - r) · f`` on every image feature.
@@ -217,3 +224,21 @@ def update_field_2d(centres: np.ndarray, rotation_deg: float, kappa: float, gamm
         local.centres = F.normalize(torch.tensor(centres, dtype=torch.float32), dim=-1)
         moved = local(z, gamma, kappa)
     return z.numpy(), (moved - z).numpy()
+
+
+def locality_table(clip: Clip, datasets: Sequence[str], shots: int, seed: int, **llu_options):
+    """Per dataset: the mean locality weight an LLU fitted on the base classes gives base and new test
+    images and class prompts (:meth:`LLU.update_weights`). Near-equal weights mean the kernel cannot
+    keep the update away from new classes in this embedding space."""
+    import pandas as pd
+
+    from fslib.data import load_dataset
+    from fslib.fewshot import base_new_split, few_shot
+
+    rows = []
+    for name in datasets:
+        (base_train, _), (base_test, new_test) = base_new_split(load_dataset(name, "train")), base_new_split(load_dataset(name, "test"))
+        llu = LLU(clip, **llu_options).fit(few_shot(base_train, shots, seed))
+        for part, test in (("base", base_test), ("new", new_test)):
+            rows += [{"dataset": name, "part": part, "of": of, "w": w} for of, w in llu.update_weights(test, test.classnames).items()]
+    return pd.DataFrame(rows).pivot_table(index="dataset", columns=["of", "part"], values="w", sort=False)

@@ -128,6 +128,8 @@ class SparseInterpolatedExperts(nn.Module):
         self.log_alpha = nn.ParameterList()
         self.fixed_masks: list[torch.Tensor] = []
         if masks == "learned":
+            # official init: log α ~ N(0, 0.5²), expected density ≈ 0.83; the Lagrange multipliers bring each
+            # expert down to 1 - τ (starting closed instead would starve θ_δ of gradient: notes §2.3)
             self.log_alpha.extend(nn.Parameter(torch.randn(*p.shape, self.num_experts, generator=generator) * 0.5)
                                   for p in self.pre.values())
             dim = clip.model.text_projection.shape[1]
@@ -227,9 +229,12 @@ class SparseInterpolatedExperts(nn.Module):
             return cosine_logits(self.features(teacher, x_q), head)
 
     def update_lagrange(self, lr: float) -> None:
-        """Dual ascent: λ_m += lr · (density_m - (1 - τ)), kept ≥ 0 (reset to 0 once satisfied)."""
+        """Dual ascent: λ_m += lr · (density_m - (1 - τ)) while expert m violates its constraint, and
+        λ_m = 0 once it is satisfied. (Letting λ decay slowly instead overshoots on a short run: the
+        multiplier built up while the masks were too dense keeps closing them far past τ.)"""
         with torch.no_grad():
-            self.lagrange.add_(lr * (self.expert_density() - (1 - self.sparsity))).clamp_(min=0)
+            violation = self.expert_density() - (1 - self.sparsity)
+            self.lagrange.add_(lr * violation).masked_fill_(violation <= 0, 0.0)
 
 
 def _episode_tensors(clip: Clip, episode: Episode):
@@ -415,39 +420,54 @@ def evaluate_experts(clip: Clip, experts: SparseInterpolatedExperts, test_episod
 
 def compare_variants(clip: Clip, id_datasets: Sequence[str], ood_datasets: Sequence[str], n_way: int, shots: int,
                      train_tasks: int, test_tasks: int, sparsity: float, num_experts: int, seed: int,
-                     finetune_steps: int = 10, finetune_lr: float = 1e-4, queries: int = 5, progress: bool = True):
+                     finetune_steps: int = 10, finetune_lr: float = 1e-4, queries: int = 5,
+                     finetuned_variants: Sequence[str] = ("pretrained ProtoNet", "dense meta-tuning", "SMAT"),
+                     progress: bool = True, **meta_options):
     """SMAT and its baselines, meta-trained on the same in-distribution episodes (train splits) and tested
-    on the same episodes of every ID and OOD dataset (test splits), without and with full fine-tuning.
+    on the same episodes of every ID and OOD dataset (test splits): every variant without fine-tuning,
+    ``finetuned_variants`` also with full fine-tuning (the paper's claim 1 compares those three).
 
-    Returns ``(results, {label: experts}, train episodes, {dataset: test episodes})``.
+    ``meta_options`` go to :func:`meta_train`. Returns ``(results, {label: experts}, train episodes,
+    {dataset: test episodes})``.
     """
     import pandas as pd
 
     from fslib.data import load_dataset
     from fslib.fewshot import EpisodeSampler
 
+    unknown = sorted(set(finetuned_variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; allowed: {', '.join(VARIANTS)}")
     pool = [load_dataset(name, "train") for name in id_datasets]
     sampler = EpisodeSampler(pool, n_way, shots, queries, seed=seed)
     train_episodes = [sampler.sample() for _ in range(train_tasks)]
     test_episodes = episodes_for([*id_datasets, *ood_datasets], "test", n_way, shots, queries, test_tasks, seed)
     rows, trained = [], {}
     for label, mode in tqdm(VARIANTS.items(), desc="variants", disable=not progress):
-        trained[label] = meta_train(clip, train_episodes, mode, num_experts, sparsity, seed=seed, progress=False)
-        rows += evaluate_experts(clip, trained[label], test_episodes, label, ("none", "full"), finetune_steps, finetune_lr)
+        trained[label] = meta_train(clip, train_episodes, mode, num_experts, sparsity, seed=seed, progress=False, **meta_options)
+        modes = ("none", "full") if label in finetuned_variants else ("none",)
+        rows += evaluate_experts(clip, trained[label], test_episodes, label, modes, finetune_steps, finetune_lr)
     results = pd.DataFrame(rows)
     results["domain"] = ["ID" if d in id_datasets else "OOD" for d in results["dataset"]]
     return results, trained, train_episodes, test_episodes
 
 
 def sparsity_tradeoff(clip: Clip, train_episodes: Sequence[Episode], test_episodes: dict, id_datasets: Sequence[str],
-                      taus: Sequence[float], expert_counts: Sequence[int], seed: int, progress: bool = True):
-    """ID and OOD accuracy (no fine-tuning) of SMAT over sparsity levels τ and expert counts M."""
+                      taus: Sequence[float], expert_counts: Sequence[int], seed: int,
+                      already_trained: dict[tuple[float, int], SparseInterpolatedExperts] | None = None,
+                      progress: bool = True, **meta_options):
+    """ID and OOD accuracy (no fine-tuning) of SMAT over sparsity levels τ and expert counts M.
+
+    ``already_trained`` maps ``(τ, M)`` to experts meta-trained on the same episodes (the notebook's main
+    run), which are evaluated instead of trained again.
+    """
     import pandas as pd
 
+    already_trained = already_trained or {}
     rows = []
-    for tau in tqdm(taus, desc="tau", disable=not progress):
-        for m in expert_counts:
-            experts = meta_train(clip, train_episodes, "learned", m, tau, seed=seed, progress=False)
-            for row in evaluate_experts(clip, experts, test_episodes, "SMAT"):
-                rows.append({**row, "tau": tau, "experts": m, "domain": "ID" if row["dataset"] in id_datasets else "OOD"})
+    for tau, m in tqdm([(t, m) for t in taus for m in expert_counts], desc="tau x M", disable=not progress):
+        experts = (already_trained[(tau, m)] if (tau, m) in already_trained
+                   else meta_train(clip, train_episodes, "learned", m, tau, seed=seed, progress=False, **meta_options))
+        for row in evaluate_experts(clip, experts, test_episodes, "SMAT"):
+            rows.append({**row, "tau": tau, "experts": m, "domain": "ID" if row["dataset"] in id_datasets else "OOD"})
     return pd.DataFrame(rows)
