@@ -41,9 +41,11 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> MeanCI:
     return MeanCI(float(values.mean()), float(sem * stats.t.ppf((1 + confidence) / 2, len(values) - 1)), len(values))
 
 
-def evaluate(method, test) -> float:
-    """Accuracy (%) of a fitted :class:`~fslib.methods.base.Method` on a dataset or its features."""
-    return accuracy(method.logits(test), test.labels)
+def evaluate(method, test, classnames: Sequence[str] | None = None) -> float:
+    """Accuracy (%) of a fitted :class:`~fslib.methods.base.Method` on a dataset or its features, over
+    ``classnames`` (default: the classes the method was fitted on; pass ``test.classnames`` to score a
+    dataset with its own label set)."""
+    return accuracy(method.logits(test, classnames), test.labels)
 
 
 def episode_accuracies(make_method, episodes, progress: bool = True) -> list[float]:
@@ -137,11 +139,11 @@ def base_to_new(factories: dict, datasets: Sequence[str], shots: int, seeds: Seq
     from tqdm.auto import tqdm
 
     from fslib.data import load_dataset
-    from fslib.fewshot import base_new_split, few_shot
+    from fslib.fewshot import base_to_new_sets, few_shot
 
     rows = []
     for name in tqdm(datasets, desc="datasets", disable=not progress):
-        (base_train, _), (base_test, new_test) = base_new_split(load_dataset(name, "train")), base_new_split(load_dataset(name, "test"))
+        base_train, base_test, new_test = base_to_new_sets(load_dataset(name, "train"), load_dataset(name, "test"))
         for seed in seeds:
             support = few_shot(base_train, shots, seed)
             for label, make in factories.items():
@@ -149,7 +151,7 @@ def base_to_new(factories: dict, datasets: Sequence[str], shots: int, seeds: Seq
                 method = make().fit(support)
                 seconds = time.perf_counter() - start
                 try:
-                    new = accuracy(method.logits(new_test, new_test.classnames), new_test.labels)
+                    new = evaluate(method, new_test, new_test.classnames)
                 except ValueError:
                     new = float("nan")
                 for part, acc in (("base", evaluate(method, base_test)), ("new", new)):
@@ -189,5 +191,5 @@ def cross_dataset(factories: dict, source: str, targets: Sequence[str], shots: i
             method = make().fit(support)
             for name, test in tests.items():
                 rows.append({"method": label, "seed": seed, "target": name,
-                             "accuracy": accuracy(method.logits(test, test.classnames), test.labels)})
+                             "accuracy": evaluate(method, test, test.classnames)})
     return pd.DataFrame(rows)

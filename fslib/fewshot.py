@@ -56,6 +56,12 @@ def base_new_split(dataset: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
     return restrict_classes(dataset, base, "base"), restrict_classes(dataset, new, "new")
 
 
+def base_to_new_sets(train: ImageDataset, test: ImageDataset) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
+    """The three sets of the base-to-new protocol: (base-class train, base-class test, new-class test)."""
+    (base_train, _), (base_test, new_test) = base_new_split(train), base_new_split(test)
+    return base_train, base_test, new_test
+
+
 @dataclass
 class Episode:
     """One N-way task: ``support`` and ``query`` are relabelled to 0..N-1."""

@@ -86,4 +86,3 @@ def test_meta_train_and_test_time_use(random_clip, episode):
         assert logits.shape == (len(episode.query), 3) and torch.isfinite(logits).all()
     with pytest.raises(ValueError, match="unknown masks 'soft'; allowed: learned, dense"):
         SparseInterpolatedExperts(random_clip, "soft")
-

@@ -257,7 +257,7 @@ def base_to_new(clip: Clip, datasets: Sequence[str], shots: int, seeds: Sequence
 
     from fslib.data import load_dataset
     from fslib.evaluation import accuracy
-    from fslib.fewshot import base_new_split, few_shot
+    from fslib.fewshot import base_to_new_sets, few_shot
 
     results, sweeps, difficulty = [], [], []
     for name in tqdm(datasets, desc="datasets", disable=not progress):
@@ -267,7 +267,7 @@ def base_to_new(clip: Clip, datasets: Sequence[str], shots: int, seeds: Sequence
         precision = precision_score(test.labels, predictions, average="macro", zero_division=0)
         difficulty.append({"dataset": name, "zero_shot_precision": 100 * precision,
                            "rtd": relative_transfer_difficulty(precision, test.num_classes)})
-        (base_train, _), (base_test, new_test) = base_new_split(train), base_new_split(test)
+        base_train, base_test, new_test = base_to_new_sets(train, test)
         for seed in seeds:
             support = few_shot(base_train, shots, seed)
             for family in FAMILIES:

@@ -154,12 +154,12 @@ def interpolation_sweep(method: FullFineTune, tests: dict[str, ImageDataset], ra
     """Accuracy of a fitted method on each named test set over WiSE-FT ratios (0 = pretrained)."""
     import pandas as pd
 
-    from fslib.evaluation import accuracy
+    from fslib.evaluation import evaluate
 
     rows, previous = [], method.interpolation
     for ratio in ratios:
         method.set_interpolation(ratio)
-        rows += [{"ratio": ratio, "part": part, "accuracy": accuracy(method.logits(test, test.classnames), test.labels)}
+        rows += [{"ratio": ratio, "part": part, "accuracy": evaluate(method, test, test.classnames)}
                  for part, test in tests.items()]
     method.set_interpolation(previous)
     return pd.DataFrame(rows)

@@ -233,11 +233,11 @@ def locality_table(clip: Clip, datasets: Sequence[str], shots: int, seed: int, *
     import pandas as pd
 
     from fslib.data import load_dataset
-    from fslib.fewshot import base_new_split, few_shot
+    from fslib.fewshot import base_to_new_sets, few_shot
 
     rows = []
     for name in datasets:
-        (base_train, _), (base_test, new_test) = base_new_split(load_dataset(name, "train")), base_new_split(load_dataset(name, "test"))
+        base_train, base_test, new_test = base_to_new_sets(load_dataset(name, "train"), load_dataset(name, "test"))
         llu = LLU(clip, **llu_options).fit(few_shot(base_train, shots, seed))
         for part, test in (("base", base_test), ("new", new_test)):
             rows += [{"dataset": name, "part": part, "of": of, "w": w} for of, w in llu.update_weights(test, test.classnames).items()]
