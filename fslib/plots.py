@@ -264,7 +264,9 @@ def ablation_and_interpolation(ablation: "pd.DataFrame", ratios: "pd.DataFrame",
     """CLIP-CITE's loss ablation (base/new/HM bars) and its WiSE-FT ratio sweep (base and new lines)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     ablation[["base", "new", "HM"]].plot.bar(ax=axes[0], rot=0)
-    axes[0].set(ylabel="accuracy (%)", xlabel="", title="loss ablation (mean over datasets)")
+    axes[0].set(ylabel="accuracy (%)", xlabel="", title="loss ablation (mean over datasets)",
+                ylim=(0, 1.25 * ablation[["base", "new", "HM"]].to_numpy().max()))  # headroom for the legend
+    axes[0].legend(ncols=3, fontsize=8, loc="upper center")
     for part, rows in ratios.groupby("part", sort=False):
         axes[1].plot(rows["ratio"], rows["accuracy"], marker="o", label=part)
     axes[1].set(xlabel="interpolation ratio (0 = pretrained, 1 = fine-tuned)", ylabel="accuracy (%)",

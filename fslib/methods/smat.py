@@ -32,7 +32,7 @@ same sparsity τ), and ``"none"`` (ProtoNet on the pretrained tower, PMF-style w
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,9 @@ from fslib.features import preprocess_images
 from fslib.fewshot import Episode
 from fslib.methods.base import Images, Method
 from fslib.models import Clip
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MASK_MODES = ("learned", "dense", "random", "magnitude", "none")
 FINETUNE_MODES = ("none", "full", "lora")
@@ -422,7 +425,8 @@ def compare_variants(clip: Clip, id_datasets: Sequence[str], ood_datasets: Seque
                      train_tasks: int, test_tasks: int, sparsity: float, num_experts: int, seed: int,
                      finetune_steps: int = 10, finetune_lr: float = 1e-4, queries: int = 5,
                      finetuned_variants: Sequence[str] = ("pretrained ProtoNet", "dense meta-tuning", "SMAT"),
-                     progress: bool = True, **meta_options):
+                     progress: bool = True, **meta_options: float | int
+                     ) -> tuple["pd.DataFrame", dict[str, SparseInterpolatedExperts], list[Episode], dict[str, list[Episode]]]:
     """SMAT and its baselines, meta-trained on the same in-distribution episodes (train splits) and tested
     on the same episodes of every ID and OOD dataset (test splits): every variant without fine-tuning,
     ``finetuned_variants`` also with full fine-tuning (the paper's claim 1 compares those three).
@@ -455,7 +459,7 @@ def compare_variants(clip: Clip, id_datasets: Sequence[str], ood_datasets: Seque
 def sparsity_tradeoff(clip: Clip, train_episodes: Sequence[Episode], test_episodes: dict, id_datasets: Sequence[str],
                       taus: Sequence[float], expert_counts: Sequence[int], seed: int,
                       already_trained: dict[tuple[float, int], SparseInterpolatedExperts] | None = None,
-                      progress: bool = True, **meta_options):
+                      progress: bool = True, **meta_options: float | int) -> "pd.DataFrame":
     """ID and OOD accuracy (no fine-tuning) of SMAT over sparsity levels τ and expert counts M.
 
     ``already_trained`` maps ``(τ, M)`` to experts meta-trained on the same episodes (the notebook's main

@@ -96,23 +96,29 @@ def _prefix(rng: np.random.Generator, style: str, phrase: str) -> str:
 
 
 def sample_pretraining_pair(rng: np.random.Generator) -> tuple[Scene, str]:
-    """One (scene, caption) pair: 60% single objects, 25% counting scenes, 15% object pairs."""
+    """One (scene, caption) pair: 60% single objects (half of them centred), 25% counting scenes, 15% object pairs."""
     style = str(rng.choice(PRETRAIN_STYLES, p=[0.5, 0.25, 0.25]))
     shape, color = str(rng.choice(SEEN_SHAPES)), str(rng.choice(list(COLORS)))
     kind = rng.random()
     if kind < 0.6:
-        size = str(rng.choice(list(SIZES)))
+        # Half the single objects are object-centric photos (centred, never small), as in the web
+        # photos CLIP learns from; the other half sit anywhere on the 3x3 grid.
+        centric = rng.random() < 0.5
+        size = str(rng.choice(["medium", "large"] if centric else list(SIZES)))
         texture = "solid" if rng.random() < 0.5 else str(rng.choice(list(TEXTURES)))
-        position = str(rng.choice(list(POSITIONS)))
+        position = "center" if centric else str(rng.choice(list(POSITIONS)))
         scene = single_object_scene(rng, shape, color, size, texture, position, style)
+        # Colour is named only half the time: when every caption names it, colour alone matches
+        # most pairs and suppresses the harder shape features (Chen et al., 2021, "Intriguing
+        # properties of contrastive losses", feature suppression).
         words = [
             size if rng.random() < 0.4 else None,
-            color if rng.random() < 0.85 else None,
+            color if rng.random() < 0.5 else None,
             texture if texture in NAMED_TEXTURES and rng.random() < (0.2 if texture == "solid" else 0.7) else None,
-            shape if rng.random() < 0.88 else str(rng.choice(["object", "shape"])),
+            shape if rng.random() < 0.95 else str(rng.choice(["object", "shape"])),
         ]
         caption = article(" ".join(w for w in words if w))
-        if rng.random() < 0.45:
+        if rng.random() < (0.15 if centric else 0.6):
             caption += f" in the {position}"
     elif kind < 0.85:
         count = int(rng.integers(1, 11))

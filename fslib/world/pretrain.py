@@ -1,6 +1,6 @@
 """Pretrain the kit's tiny CLIP on the embedded world and write its checkpoint and model card.
 
-    python -m fslib.world.pretrain                 # the shipped recipe (about 45 min on 2 CPU cores)
+    python -m fslib.world.pretrain                 # the shipped recipe (about 40 min on 2 CPU cores)
     python -m fslib.world.pretrain --card-only     # re-measure the card for the shipped checkpoint
 
 The recipe is CLIP's: the symmetric image-text contrastive loss (Radford et al., 2021, Eq. in
@@ -29,7 +29,7 @@ from fslib.world.corpus import sample_pretraining_pair
 from fslib.world.render import render
 
 ASSETS = Path(__file__).parent / "assets"
-RECIPE = {"seed": 0, "steps": 1000, "batch_size": 256, "lr": 5e-4, "weight_decay": 0.1, "warmup": 50}
+RECIPE = {"seed": 0, "steps": 3200, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "warmup": 100, "bf16": True}
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -51,10 +51,13 @@ def save_fp16(model: torch.nn.Module, path: Path) -> None:
     torch.save({k: v.half() for k, v in model.state_dict().items()}, path)
 
 
-def pretrain(seed: int, steps: int, batch_size: int, lr: float, weight_decay: float, warmup: int,
+def pretrain(seed: int, steps: int, batch_size: int, lr: float, weight_decay: float, warmup: int, bf16: bool,
              out: Path, snapshot_every: int = 0) -> dict:
     """Train from scratch and save to ``out``; ``snapshot_every`` > 0 also saves ``out.stepN.pt``
-    along the way, so a long run can be checked (``--card-only --out``) before it ends."""
+    along the way, so a long run can be checked (``--card-only --out``) before it ends.
+
+    ``bf16`` runs the forward pass under CPU bf16 autocast: about 1.7x faster on CPUs with native
+    bf16 (AVX512-BF16/AMX), much slower on CPUs without it (pass ``--no-bf16`` there)."""
     register_model_configs()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -73,9 +76,10 @@ def pretrain(seed: int, steps: int, batch_size: int, lr: float, weight_decay: fl
     model.train()
     for step in (bar := tqdm(range(steps), desc="pretraining")):
         pixels, captions = sample_batch(rng, batch_size, mean, std)
-        image_features = model.encode_image(pixels, normalize=True)
-        text_features = model.encode_text(tokenizer(captions), normalize=True)
-        loss = clip_loss(image_features, text_features, model.logit_scale.exp())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            image_features = model.encode_image(pixels, normalize=True)
+            text_features = model.encode_text(tokenizer(captions), normalize=True)
+        loss = clip_loss(image_features.float(), text_features.float(), model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -120,7 +124,9 @@ Everything below was measured by that script; do not edit by hand.
 `{json.dumps(recipe)}`
 
 Symmetric contrastive loss, learned temperature (clamped at 100), AdamW (betas 0.9/0.98), linear warm-up,
-cosine decay. Stored as an fp16 state_dict ({EMBEDDED_CHECKPOINT.name}).
+cosine decay{', forward pass under CPU bf16 autocast' if recipe.get('bf16') else ''}. Every batch freshly drawn
+from the corpus (`fslib/world/corpus.py`): half the single objects object-centric, colour named in half
+their captions. Stored as an fp16 state_dict ({EMBEDDED_CHECKPOINT.name}).
 
 Training wall time: {training.get('wall_time_s', 'n/a')} s on {card['machine']}; final loss {training.get('final_loss', 'n/a')}.
 
@@ -141,7 +147,10 @@ texture names other than solid/striped/dotted/checkered/gradient/wavy, and handw
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for key, value in RECIPE.items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
+        if isinstance(value, bool):
+            parser.add_argument(f"--{key.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--out", type=Path, default=EMBEDDED_CHECKPOINT)
     parser.add_argument("--card-only", action="store_true", help="skip training; re-measure the card")
     parser.add_argument("--snapshot-every", type=int, default=0, help="also save a checkpoint every N steps")

@@ -8,7 +8,7 @@ datasets are in-distribution (the concepts pretraining named), ``"ood"`` ones ar
 dataset            domain  what makes it easy or hard
 =================  ======  ===============================================================
 colors             id      11 colours, all named in pretraining
-shapes             id      the 12 pretraining shapes, in the pretraining styles
+shapes             id      the 12 pretraining shapes, object-centric, in the pretraining styles
 positions          id      where a single object sits on a 3x3 grid
 color_shapes       id      16 colour-shape pairs, next to a distractor object (binding)
 textures           id      10 textures, only 6 of them ever named in captions
@@ -61,9 +61,10 @@ def _any_color(rng: np.random.Generator) -> str:
 
 
 def _shape_scene(shapes: tuple[str, ...], style: Callable[[np.random.Generator], str]) -> SceneMaker:
+    """Object-centric photos, like ImageNet's: one medium or large object near the centre."""
     def make(label: int, rng: np.random.Generator) -> Scene:
         size = str(rng.choice(["medium", "large"]))
-        return single_object_scene(rng, shapes[label], _any_color(rng), size, style=style(rng))
+        return single_object_scene(rng, shapes[label], _any_color(rng), size, position="center", style=style(rng))
     return make
 
 
