@@ -79,6 +79,18 @@ def positive_float_list(name: str, value: Any) -> list[float]:
     return [positive_float(name, v) for v in converted]
 
 
+def fraction_list(name: str, value: Any) -> list[float]:
+    """A non-empty list of numbers in [0, 1): a list, a bare number, or text like "0.5,0.99"."""
+    values = _as_list(value)
+    if not values:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a non-empty list of numbers in [0, 1)")
+    try:
+        converted = [float(v) if isinstance(v, str) else v for v in values]
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a list of numbers in [0, 1)") from None
+    return [fraction(name, v) for v in converted]
+
+
 def choice(*allowed: Any) -> Check:
     def check(name: str, value: Any) -> Any:
         if value not in allowed:
@@ -106,6 +118,17 @@ def model_name(name: str, value: Any) -> str:
     models = open_clip.list_models()
     if value not in models:
         raise ValueError(f"{name}={value!r} is not an open_clip model; allowed: {', '.join(models)}")
+    return value
+
+
+def pretrained_tag(name: str, value: Any) -> str:
+    """An open_clip pretrained tag ("openai", "laion2b_s34b_b88k", "embedded") or a checkpoint path.
+
+    Which tags exist depends on the model, so ``load_clip`` checks the pair; here only the type.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a pretrained tag such as 'openai' "
+                         f"or 'embedded', or a checkpoint path")
     return value
 
 

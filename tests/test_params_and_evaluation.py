@@ -93,3 +93,17 @@ def test_float_lists_accept_papermill_text_and_name_bad_values():
         params.positive_float_list("lrs", "fast")
     with pytest.raises(ValueError, match=r"lrs=-1.0 is not allowed; it must be a number > 0"):
         params.positive_float_list("lrs", [-1.0])
+    assert params.fraction_list("taus", "0.5,0.99") == [0.5, 0.99]
+    with pytest.raises(ValueError, match=r"taus=1.0 is not allowed; it must be a number in \[0, 1\)"):
+        params.fraction_list("taus", [0.5, 1.0])
+    with pytest.raises(ValueError, match="taus='dense' is not allowed"):
+        params.fraction_list("taus", "dense")
+
+
+def test_pretrained_tag_accepts_tags_and_paths_and_names_bad_values():
+    assert params.pretrained_tag("pretrained", "openai") == "openai"
+    assert params.pretrained_tag("pretrained", "/tmp/ckpt.pt") == "/tmp/ckpt.pt"
+    with pytest.raises(ValueError, match="pretrained='' is not allowed; it must be a pretrained tag"):
+        params.pretrained_tag("pretrained", "")
+    with pytest.raises(ValueError, match="pretrained=3 is not allowed"):
+        params.pretrained_tag("pretrained", 3)

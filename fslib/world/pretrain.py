@@ -1,6 +1,6 @@
 """Pretrain the kit's tiny CLIP on the embedded world and write its checkpoint and model card.
 
-    python -m fslib.world.pretrain                 # the shipped recipe (about 40 min on 2 CPU cores)
+    python -m fslib.world.pretrain                 # the shipped recipe (about 75 min on 2 CPU cores)
     python -m fslib.world.pretrain --card-only     # re-measure the card for the shipped checkpoint
 
 The recipe is CLIP's: the symmetric image-text contrastive loss (Radford et al., 2021, Eq. in
@@ -29,7 +29,7 @@ from fslib.world.corpus import sample_pretraining_pair
 from fslib.world.render import render
 
 ASSETS = Path(__file__).parent / "assets"
-RECIPE = {"seed": 0, "steps": 3200, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "warmup": 100, "bf16": True}
+RECIPE = {"seed": 0, "steps": 6400, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "warmup": 100, "bf16": True}
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
