@@ -11,7 +11,7 @@ from scipy import stats
 
 def accuracy(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
     """Top-1 accuracy in percent."""
-    predictions = np.asarray(torch.as_tensor(logits).argmax(dim=-1))
+    predictions = np.asarray(torch.as_tensor(logits).detach().argmax(dim=-1).cpu())
     return float((predictions == np.asarray(labels)).mean() * 100)
 
 

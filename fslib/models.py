@@ -146,3 +146,10 @@ def prompt_logits(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Te
     else:
         image_features, text_features, scale = functional_call(model, params, (images, tokens))[:3]
     return scale * image_features @ text_features.T
+
+
+@torch.no_grad()
+def prompt_logits_cpu(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor,
+                      chunk_size: int = 256) -> torch.Tensor:
+    """:func:`prompt_logits` for a whole test set, in chunks (GPU memory), returned on the CPU: (N, C)."""
+    return torch.cat([prompt_logits(model, chunk, tokens).float().cpu() for chunk in pixels.split(chunk_size)])

@@ -80,7 +80,9 @@ def facet_lines(results: "pd.DataFrame", x: str, xlabel: str, facet: str = "data
         for line, rows in summary[summary[facet] == panel].groupby(hue, sort=False):
             rows = rows.sort_values(x)
             ax.plot(rows[x], rows["mean"], marker="o", ms=3, color=colours[line], label=line)
-            ax.fill_between(rows[x], rows["mean"] - rows["ci95"], rows["mean"] + rows["ci95"], color=colours[line], alpha=0.2)
+            # a t-interval over a few tasks can pass 0 or 100 %; accuracy cannot, so neither does the band
+            low, high = (rows["mean"] - rows["ci95"]).clip(0, 100), (rows["mean"] + rows["ci95"]).clip(0, 100)
+            ax.fill_between(rows[x], low, high, color=colours[line], alpha=0.2)
         if log2_x:
             ax.set_xscale("log", base=2)
         ax.set_xticks(xs, labels=xs)
@@ -166,6 +168,7 @@ def domain_bars(results: "pd.DataFrame") -> plt.Figure:
     panels = list(dict.fromkeys(summary["finetune"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), sharey=True, squeeze=False)
     variants = list(dict.fromkeys(results["variant"]))
+    top = (summary["mean"] + summary["ci95"].fillna(0)).max()
     for ax, mode in zip(axes[0], panels):
         part = summary[summary["finetune"] == mode]
         for offset, (domain, rows) in zip((-0.2, 0.2), part.groupby("domain", sort=False)):
@@ -173,8 +176,8 @@ def domain_bars(results: "pd.DataFrame") -> plt.Figure:
             ax.bar(np.arange(len(variants)) + offset, rows["mean"], 0.4, yerr=rows["ci95"], label=domain, capsize=2)
         ax.set_xticks(np.arange(len(variants)), variants, rotation=25, ha="right")
         ax.set_title("no fine-tuning" if mode == "none" else f"+ {mode} fine-tuning")
-    axes[0][0].set_ylabel("accuracy (%)")
-    axes[0][0].legend()
+    axes[0][0].set(ylabel="accuracy (%)", ylim=(0, 1.2 * top))  # headroom so the legend covers no bar
+    axes[0][0].legend(ncols=2, fontsize=8, loc="upper center")
     fig.tight_layout()
     return fig
 

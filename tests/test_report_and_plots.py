@@ -30,3 +30,12 @@ def test_save_writes_under_figures(tmp_path):
     results = pd.DataFrame({"dataset": ["d"] * 4, "method": ["m"] * 4, "shots": [1, 1, 2, 2], "accuracy": [1.0, 2.0, 3.0, 4.0]})
     path = plots.save(plots.shot_curves(results), "00_tour", "curve")
     assert path == project_dir("figures") / "00_tour" / "curve.png" and path.stat().st_size > 1000
+
+
+def test_confidence_bands_stay_within_0_and_100_percent():
+    # two seeds at 90 and 100 %: the t-interval (± 63.5 points) passes 100 %, accuracy cannot
+    results = pd.DataFrame({"dataset": ["d"] * 4, "method": ["m"] * 4, "shots": [1, 1, 2, 2],
+                            "accuracy": [90.0, 100.0, 2.0, 4.0]})
+    band = plots.shot_curves(results).axes[0].collections[0]
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.max() == 100.0 and ys.min() == 0.0

@@ -80,14 +80,15 @@ class PromptedCLIP(Method):
         self.text_tokens, self.adapter, self.ensemble = text_tokens, adapter, ensemble
         self.epochs, self.lr, self.weight_decay, self.batch_size, self.seed = epochs, lr, weight_decay, batch_size, seed
         self.beta, self.epsilon, self.ensemble_text, self.fixed_alpha = beta, epsilon, ensemble_text, fixed_alpha
-        generator = torch.Generator().manual_seed(seed)
-        width, dim = clip.model.visual.conv1.out_channels, clip.model.text_projection.shape[1]
-        self.visual_prompts = nn.Parameter(torch.randn(visual_depth, visual_tokens, width, generator=generator) * 0.02)
+        generator = torch.Generator().manual_seed(seed)  # on the CPU, so a seed gives the same prompts on any device
+        width, dim, device = clip.model.visual.conv1.out_channels, clip.model.text_projection.shape[1], clip.device
+        prompts = torch.randn(visual_depth, visual_tokens, width, generator=generator) * 0.02
+        self.visual_prompts = nn.Parameter(prompts.to(device))
         with torch.no_grad():
-            prefix = clip.tokenizer(["a photo of a"])[0, 1:1 + text_tokens]
+            prefix = clip.tokenizer(["a photo of a"])[0, 1:1 + text_tokens].to(device)
             self.text_context = nn.Parameter(clip.model.token_embedding(prefix).clone())
-        self.adapter_matrix = nn.Parameter(torch.eye(dim))
-        self.adapter_bias = nn.Parameter(torch.zeros(dim))
+        self.adapter_matrix = nn.Parameter(torch.eye(dim, device=device))
+        self.adapter_bias = nn.Parameter(torch.zeros(dim, device=device))
         self.train_text_zero_shot: torch.Tensor | None = None
 
     # -- the two towers -------------------------------------------------------------------------
@@ -122,7 +123,7 @@ class PromptedCLIP(Method):
         x = torch.cat([x[:, :1], context, x[:, 1 + self.text_tokens:]], dim=1)
         x = x + model.positional_embedding
         x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
-        return x[torch.arange(len(tokens)), tokens.argmax(dim=-1)] @ model.text_projection
+        return x[torch.arange(len(tokens), device=tokens.device), tokens.argmax(dim=-1)] @ model.text_projection
 
     def adapt_text(self, text: torch.Tensor) -> torch.Tensor:
         return text @ self.adapter_matrix + self.adapter_bias if self.adapter else text
@@ -149,7 +150,7 @@ class PromptedCLIP(Method):
 
         def step_loss(_: int) -> torch.Tensor:
             idx = next(batches)
-            image = self.image_features_prompted(inputs[idx]) if self.visual_depth else inputs[idx]
+            image = self.image_features_prompted(inputs[idx]) if self.visual_depth else inputs[idx].to(self.clip.device)
             text = self.adapt_text(self.text_features_prompted(self.classnames))
             logits = scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
             return F.cross_entropy(logits, labels[idx].to(logits.device))
@@ -179,17 +180,17 @@ class PromptedCLIP(Method):
     def logits_from_features(self, prompted: torch.Tensor, clean: torch.Tensor | None,
                              classnames: Sequence[str]) -> torch.Tensor:
         """Logits from :meth:`image_features_pair`, so sweeps over β or α reuse one image pass."""
-        names = list(classnames)
+        names, device = list(classnames), self.clip.device
         prompted_text = self.text_features_prompted(names)  # = zero-shot text when text_tokens == 0
-        text, image = self.adapt_text(prompted_text), prompted
+        text, image = self.adapt_text(prompted_text), prompted.to(device)
         if self.ensemble:
-            alpha = self.alpha(names)
+            alpha = self.alpha(names).to(device)
             zero_text = prompted_text if self.ensemble_text == "prompted" else self.clip.model.encode_text(
                 self.clip.tokenizer([APEX_TEMPLATE.format(c) for c in names]).to(self.clip.device))
             text = alpha[:, None] * text + (1 - alpha[:, None]) * zero_text
             if clean is not None:  # mix unnormalised features, weight ᾱ on the adapted one (official code)
-                image = alpha.mean() * prompted + (1 - alpha.mean()) * clean
-        return self.clip.logit_scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
+                image = alpha.mean() * image + (1 - alpha.mean()) * clean.to(device)
+        return (self.clip.logit_scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T).float().cpu()
 
     def logits(self, images: Images, classnames: Sequence[str] | None = None) -> torch.Tensor:
         return self.logits_from_features(*self.image_features_pair(images), classnames or self.classnames)

@@ -38,7 +38,8 @@ class Method(ABC):
 
     @abstractmethod
     def logits(self, images: Images, classnames: Sequence[str] | None = None) -> torch.Tensor:
-        """(N, C) scores of ``images`` against ``classnames`` (default: the fitted classes)."""
+        """(N, C) scores of ``images`` against ``classnames`` (default: the fitted classes), on the CPU
+        whatever device the model is on, so evaluation code never has to ask."""
 
     def trainable_parameters(self) -> int:
         """Number of parameters ``fit`` trains (0 for zero-shot)."""

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from fslib.data import ImageDataset
 from fslib.features import preprocess_images
 from fslib.methods.base import Images, Method
-from fslib.models import Clip, prompt_logits, prompt_tokens
+from fslib.models import Clip, prompt_logits_cpu, prompt_tokens
 from fslib.training import minibatches, train
 
 
@@ -87,9 +87,9 @@ class FullFineTune(Method):
         student = copy.deepcopy(self.clip.model).train()
         student.logit_scale.requires_grad_(False)  # CLIP's temperature, frozen (the paper prints none)
         teacher, scale = self.clip.model, self.clip.logit_scale
-        tokens = prompt_tokens(self.clip, support)
+        tokens = prompt_tokens(self.clip, support).to(self.clip.device)
         with torch.no_grad():
-            classifier = nn.Parameter(F.normalize(teacher.encode_text(tokens.to(self.clip.device)), dim=-1).clone())
+            classifier = nn.Parameter(F.normalize(teacher.encode_text(tokens), dim=-1).clone())
         images, labels = preprocess_images(self.clip, support), torch.as_tensor(support.labels)
         batches = minibatches(len(labels), self.batch_size, torch.Generator().manual_seed(self.seed))
 
@@ -129,7 +129,7 @@ class FullFineTune(Method):
             raise TypeError(f"{self.name} fine-tunes the image tower: pass an ImageDataset, not cached features")
         names = list(classnames or self.classnames)
         tokens = self.clip.tokenizer([self.templates[0].format(n) for n in names])
-        return torch.cat([prompt_logits(self.model, chunk, tokens) for chunk in preprocess_images(self.clip, images).split(256)])
+        return prompt_logits_cpu(self.model, preprocess_images(self.clip, images), tokens)
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for n, p in self.clip.model.named_parameters() if n != "logit_scale") + \

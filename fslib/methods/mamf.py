@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from fslib.data import ImageDataset
 from fslib.features import preprocess_images
 from fslib.methods.base import Images, Method
-from fslib.models import Clip, prompt_logits, prompt_tokens
+from fslib.models import Clip, prompt_logits, prompt_logits_cpu, prompt_tokens
 from fslib.training import minibatches, train
 
 STRATEGIES = ("finetune", "mamf", "fomaml")
@@ -62,7 +62,8 @@ def in_batch_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
                   params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Image-to-text cross-entropy with the softmax over the classes present in the batch (notes §2.2)."""
     classes, targets = torch.unique(labels, return_inverse=True)
-    return F.cross_entropy(prompt_logits(model, images, tokens[classes], params), targets)
+    logits = prompt_logits(model, images, tokens[classes], params)
+    return F.cross_entropy(logits, targets.to(logits.device))
 
 
 def fine_tune(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor,
@@ -186,7 +187,7 @@ class PromptFineTune(Method):
             raise TypeError("PromptFineTune trains the image tower: pass an ImageDataset, not cached features")
         names = list(classnames or self.classnames)
         tokens = self.clip.tokenizer([self.templates[0].format(n) for n in names])
-        return prompt_logits(self.model, preprocess_images(self.clip, images), tokens)
+        return prompt_logits_cpu(self.model, preprocess_images(self.clip, images), tokens)
 
     def trainable_parameters(self) -> int:
         return 0 if self.epochs == 0 else sum(p.numel() for p in self.model.parameters() if p.requires_grad)

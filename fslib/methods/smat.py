@@ -140,14 +140,15 @@ class SparseInterpolatedExperts(nn.Module):
             self.register_buffer("lagrange", torch.zeros(self.num_experts))
         elif masks in ("random", "magnitude"):
             self.fixed_masks = [self._hand_mask(p, masks, generator) for p in self.pre.values()]
+        self.to(clip.device)  # draws above came from the CPU generator, so a seed gives the same experts anywhere
         self.tasks_seen, self.total_tasks = 0, 1
 
     def _hand_mask(self, weight: torch.Tensor, how: str, generator: torch.Generator) -> torch.Tensor:
         """A binary mask with a share τ of zeros: random, or keeping the largest |θ_pre|."""
-        score = torch.rand(weight.shape, generator=generator) if how == "random" else weight.abs().float()
+        score = torch.rand(weight.shape, generator=generator) if how == "random" else weight.abs().float().cpu()
         keep = max(1, round((1 - self.sparsity) * weight.numel()))
         threshold = score.flatten().kthvalue(weight.numel() - keep + 1).values if keep < weight.numel() else -math.inf
-        return (score >= threshold).float()
+        return (score >= threshold).float().to(weight.device)
 
     @property
     def tower(self) -> nn.Module:
@@ -155,7 +156,7 @@ class SparseInterpolatedExperts(nn.Module):
 
     # -- task weights ------------------------------------------------------------------------------
     def features(self, params: dict[str, torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(functional_call(self.tower, params, (pixels,)), dim=-1)
+        return F.normalize(functional_call(self.tower, params, (pixels.to(self.clip.device),)), dim=-1)
 
     def gates(self, support: torch.Tensor, labels: torch.Tensor, num_classes: int, training: bool):
         """(α (M,), router logits a (M,)) for one task; the router reads θ_pre prototypes."""
@@ -164,7 +165,7 @@ class SparseInterpolatedExperts(nn.Module):
         logits = self.router(protos)
         temperature = gate_temperature(self.tasks_seen, self.total_tasks) if training else 0.5
         if training:
-            gate = torch.distributions.RelaxedBernoulli(torch.tensor(temperature), logits=logits).rsample()
+            gate = torch.distributions.RelaxedBernoulli(torch.tensor(temperature, device=logits.device), logits=logits).rsample()
         else:
             gate = torch.sigmoid(logits / temperature)
         return gate / (gate.sum() + 1e-8), logits
@@ -194,7 +195,7 @@ class SparseInterpolatedExperts(nn.Module):
         with torch.no_grad():
             total = sum(la[..., 0].numel() for la in self.log_alpha)
             nonzero = sum((hard_concrete(la, False) > 0).flatten(0, -2).sum(0).float() for la in self.log_alpha)
-            return 1 - nonzero / total
+            return (1 - nonzero / total).cpu()
 
     # -- meta-training --------------------------------------------------------------------------
     def task_loss(self, x_s, y_s, x_q, y_q, num_classes: int, inner_lr: float, teacher_lr: float,
@@ -241,8 +242,10 @@ class SparseInterpolatedExperts(nn.Module):
 
 
 def _episode_tensors(clip: Clip, episode: Episode):
-    return (preprocess_images(clip, episode.support), torch.as_tensor(episode.support.labels),
-            preprocess_images(clip, episode.query), torch.as_tensor(episode.query.labels), len(episode.classes))
+    """Support pixels and labels, query pixels and labels (all on the model's device), class count."""
+    tensors = (preprocess_images(clip, episode.support), torch.as_tensor(episode.support.labels),
+               preprocess_images(clip, episode.query), torch.as_tensor(episode.query.labels))
+    return (*(t.to(clip.device) for t in tensors), len(episode.classes))
 
 
 def meta_train(clip: Clip, episodes: Sequence[Episode], masks: str = "learned", num_experts: int = 8,
@@ -307,7 +310,8 @@ class SMAT(Method):
 
     def fit(self, support: ImageDataset) -> "SMAT":
         self._remember(support)
-        pixels, labels = preprocess_images(self.clip, support), torch.as_tensor(support.labels)
+        pixels = preprocess_images(self.clip, support).to(self.clip.device)
+        labels = torch.as_tensor(support.labels, device=self.clip.device)
         with torch.no_grad():
             self.alpha = self.experts.gates(pixels, labels, support.num_classes, False)[0] if self.experts.mode == "learned" else None
             params = {k: v.detach() for k, v in self.experts.task_params(self.alpha, training=False).items()}
@@ -330,8 +334,9 @@ class SMAT(Method):
                 if k.endswith("attn.in_proj_weight"):
                     dim = v.shape[1]
                     for part in ("q", "v"):
-                        lora[f"{k}:{part}"] = (nn.Parameter(torch.randn(self.lora_rank, dim) / math.sqrt(dim)),
-                                               nn.Parameter(torch.zeros(dim, self.lora_rank)))
+                        down = torch.randn(self.lora_rank, dim) / math.sqrt(dim)  # CPU draw: same on any device
+                        lora[f"{k}:{part}"] = (nn.Parameter(down.to(v.device)),
+                                               nn.Parameter(torch.zeros(dim, self.lora_rank, device=v.device)))
 
             def weights():
                 out = dict(params)
@@ -339,7 +344,7 @@ class SMAT(Method):
                     if k.endswith("attn.in_proj_weight"):
                         dim = v.shape[1]
                         (aq, bq), (av, bv) = lora[f"{k}:q"], lora[f"{k}:v"]
-                        zero = torch.zeros(dim, dim)
+                        zero = torch.zeros(dim, dim, device=v.device)
                         out[k] = v + torch.cat([bq @ aq, zero, bv @ av])
                 return out
             opt_params = [p for pair in lora.values() for p in pair]
@@ -358,7 +363,7 @@ class SMAT(Method):
             raise TypeError("SMAT changes the image tower: pass an ImageDataset, not cached features")
         if classnames is not None and list(classnames) != self.classnames:
             raise ValueError("SMAT's ProtoNet head scores the support set's classes only")
-        return cosine_logits(self.experts.features(self.params, preprocess_images(self.clip, images)), self.protos)
+        return cosine_logits(self.experts.features(self.params, preprocess_images(self.clip, images)), self.protos).cpu()
 
     def trainable_parameters(self) -> int:
         e = self.experts
@@ -371,7 +376,7 @@ def expert_usage(clip: Clip, experts: SparseInterpolatedExperts, episodes_by_dom
     for episodes in episodes_by_domain.values():
         with torch.no_grad():
             gates = [experts.gates(*_episode_tensors(clip, ep)[:2], len(ep.classes), False)[0] for ep in episodes]
-        rows.append(torch.stack(gates).mean(0).numpy())
+        rows.append(torch.stack(gates).mean(0).cpu().numpy())
     return np.stack(rows)
 
 
@@ -382,7 +387,7 @@ def mask_overlap(experts: SparseInterpolatedExperts) -> "np.ndarray":
     intersection = binary.T @ binary
     sizes = binary.sum(0)
     union = sizes[:, None] + sizes[None, :] - intersection
-    return (intersection / union.clamp_min(1)).numpy()
+    return (intersection / union.clamp_min(1)).cpu().numpy()
 
 
 VARIANTS = {  # label -> masks mode, in the order the notebook shows them
