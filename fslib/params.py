@@ -65,30 +65,28 @@ def int_list(name: str, value: Any) -> list[int]:
     return [positive_int(name, v) for v in values]
 
 
-def positive_float_list(name: str, value: Any) -> list[float]:
-    """A non-empty list of numbers > 0: a list, a bare number, or text like "1e-5,3e-5"."""
+def _float_list(name: str, value: Any, requirement: str) -> list:
+    """``value`` as a non-empty list, text entries turned into floats; the caller checks each number."""
     values = _as_list(value)
     if not values:
-        raise ValueError(f"{name}={value!r} is not allowed; it must be a non-empty list of numbers > 0")
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a non-empty list of numbers {requirement}")
     converted = []
     for v in values:
         try:
             converted.append(float(v) if isinstance(v, str) else v)
         except ValueError:
-            raise ValueError(f"{name}: {v!r} is not a number; it must be a list of numbers > 0") from None
-    return [positive_float(name, v) for v in converted]
+            raise ValueError(f"{name}: {v!r} is not a number; it must be a list of numbers {requirement}") from None
+    return converted
+
+
+def positive_float_list(name: str, value: Any) -> list[float]:
+    """A non-empty list of numbers > 0: a list, a bare number, or text like "1e-5,3e-5"."""
+    return [positive_float(name, v) for v in _float_list(name, value, "> 0")]
 
 
 def fraction_list(name: str, value: Any) -> list[float]:
     """A non-empty list of numbers in [0, 1): a list, a bare number, or text like "0.5,0.99"."""
-    values = _as_list(value)
-    if not values:
-        raise ValueError(f"{name}={value!r} is not allowed; it must be a non-empty list of numbers in [0, 1)")
-    try:
-        converted = [float(v) if isinstance(v, str) else v for v in values]
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not allowed; it must be a list of numbers in [0, 1)") from None
-    return [fraction(name, v) for v in converted]
+    return [fraction(name, v) for v in _float_list(name, value, "in [0, 1)")]
 
 
 def choice(*allowed: Any) -> Check:

@@ -96,7 +96,7 @@ def test_float_lists_accept_papermill_text_and_name_bad_values():
     assert params.fraction_list("taus", "0.5,0.99") == [0.5, 0.99]
     with pytest.raises(ValueError, match=r"taus=1.0 is not allowed; it must be a number in \[0, 1\)"):
         params.fraction_list("taus", [0.5, 1.0])
-    with pytest.raises(ValueError, match="taus='dense' is not allowed"):
+    with pytest.raises(ValueError, match=r"taus: 'dense' is not a number; it must be a list of numbers in \[0, 1\)"):
         params.fraction_list("taus", "dense")
 
 

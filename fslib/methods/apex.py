@@ -186,7 +186,7 @@ class PromptedCLIP(Method):
         if self.ensemble:
             alpha = self.alpha(names).to(device)
             zero_text = prompted_text if self.ensemble_text == "prompted" else self.clip.model.encode_text(
-                self.clip.tokenizer([APEX_TEMPLATE.format(c) for c in names]).to(self.clip.device))
+                self.clip.tokenizer([APEX_TEMPLATE.format(c) for c in names]).to(device))
             text = alpha[:, None] * text + (1 - alpha[:, None]) * zero_text
             if clean is not None:  # mix unnormalised features, weight ᾱ on the adapted one (official code)
                 image = alpha.mean() * image + (1 - alpha.mean()) * clean.to(device)
