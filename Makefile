@@ -19,7 +19,7 @@ reproduce: $(STAMP)
 	$(PY) -m fslib.report
 
 test: $(STAMP)
-	$(PY) -m pytest tests --nbval-lax notebooks
+	$(PY) -m pytest tests --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
 
 clean:
 	rm -rf runs figures .pytest_cache

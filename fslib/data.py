@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -257,18 +257,26 @@ def load_image_folder(root: str | Path, split: str, template: str = "a photo of 
     return ImageDataset(root.name, split, classnames, np.array(labels), paths, [template], domain=root.name)
 
 
+NamedLoader = Callable[[str, str], ImageDataset]
+_NAMED: dict[str, NamedLoader] = {}  # filled by register_named_datasets (the embedded suite registers itself)
+
+
+def register_named_datasets(names: Sequence[str], loader: NamedLoader) -> None:
+    """Make ``load_dataset(name, split)`` call ``loader(name, split)`` for each of ``names`` (how
+    :mod:`fslib.world.suite` adds the embedded datasets without this module importing it)."""
+    _NAMED.update({name: loader for name in names})
+
+
 def load_dataset(name: str, split: str = "test", root: str | Path | None = None, download: bool = False) -> ImageDataset:
     """The one loader notebooks call: an embedded dataset by name, a torchvision dataset by name
     (under ``root``, default ``$FSLIB_DATA`` or ``~/data``), or an image folder by path."""
-    from fslib.world.suite import WORLD_DATASETS, load_world_dataset
-
-    if name in WORLD_DATASETS:
-        return load_world_dataset(name, split)
+    if name in _NAMED:
+        return _NAMED[name](name, split)
     if name in _TORCHVISION:
         import os
         root = root or os.environ.get("FSLIB_DATA", Path.home() / "data")
         return load_torchvision(name, split, root, download)
     if Path(name).is_dir():
         return load_image_folder(name, split)
-    raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(list(WORLD_DATASETS) + TORCHVISION_DATASETS)}, "
+    raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(list(_NAMED) + TORCHVISION_DATASETS)}, "
                      "or the path of an image folder")

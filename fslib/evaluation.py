@@ -1,12 +1,19 @@
-"""Metrics (accuracy, harmonic mean, mean with a 95% CI) and the few-shot sweep every notebook uses."""
+"""Metrics (accuracy, harmonic mean, mean with a 95% CI) and the experiment drivers every notebook uses:
+few-shot sweeps, base-to-new generalisation, cross-dataset transfer, selection on a validation split."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy import stats
+from tqdm.auto import tqdm
+
+from fslib.data import load_dataset
+from fslib.fewshot import base_to_new_sets, few_shot, fixed_test_sample
 
 
 def accuracy(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
@@ -50,24 +57,18 @@ def evaluate(method, test, classnames: Sequence[str] | None = None) -> float:
 
 def episode_accuracies(make_method, episodes, progress: bool = True) -> list[float]:
     """Fit a fresh ``make_method()`` on each episode's support set; its query accuracy per episode."""
-    from tqdm.auto import tqdm
-
     return [evaluate(make_method().fit(ep.support), ep.query) for ep in tqdm(list(episodes), disable=not progress, leave=False)]
 
 
 def few_shot_sweep(make_method, train, test, shots: Sequence[int], seeds: Sequence[int], progress: bool = True):
-    """Fit ``make_method()`` on ``shots``-per-class subsets of ``train`` for each seed; score ``test``.
+    """Fit ``make_method(seed)`` on ``shots``-per-class subsets of ``train`` drawn with ``seed``, for each
+    seed; score ``test``. The seed reaches the sample and the method (initialisation, minibatch order).
 
     Returns a DataFrame with one row per (shots, seed): ``dataset, method, shots, seed, accuracy``.
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from fslib.fewshot import few_shot
-
     rows = []
     for k, seed in tqdm([(k, s) for k in shots for s in seeds], desc=f"{train.name}", disable=not progress, leave=False):
-        method = make_method().fit(few_shot(train, k, seed))
+        method = make_method(seed).fit(few_shot(train, k, seed))
         rows.append({"dataset": train.name, "method": method.name, "shots": k, "seed": seed,
                      "accuracy": evaluate(method, test)})
     return pd.DataFrame(rows)
@@ -79,8 +80,6 @@ def select_on_validation(make_method, candidates: Sequence, train, val) -> tuple
     ``make_method(value)`` builds the method for one candidate value; each is fitted on ``train`` and
     scored on ``val``. Returns the best value (the first on ties) and the table of validation accuracies.
     """
-    import pandas as pd
-
     table = pd.DataFrame({"value": list(candidates),
                           "val_accuracy": [evaluate(make_method(v).fit(train), val) for v in candidates]})
     return table.value[table.val_accuracy.idxmax()], table
@@ -88,8 +87,6 @@ def select_on_validation(make_method, candidates: Sequence, train, val) -> tuple
 
 def summarise(results, by: Sequence[str], value: str = "accuracy"):
     """Mean, 95% CI half-width and count of ``value`` per group of ``by`` (a tidy DataFrame)."""
-    import pandas as pd
-
     rows = []
     for keys, group in results.groupby(list(by), sort=False):
         ci = mean_ci(group[value].tolist())
@@ -97,26 +94,9 @@ def summarise(results, by: Sequence[str], value: str = "accuracy"):
     return pd.DataFrame(rows)
 
 
-def zero_shot_table(clip, names: Sequence[str], split: str = "test"):
-    """Zero-shot accuracy of ``clip`` on each named dataset: ``dataset, domain, classes, chance, zero_shot``."""
-    import pandas as pd
-
-    from fslib.data import load_dataset
-    from fslib.methods.baselines import ZeroShot
-
-    rows = []
-    for name in names:
-        data = load_dataset(name, split)
-        rows.append({"dataset": name, "domain": data.domain, "classes": data.num_classes,
-                     "chance": 100 / data.num_classes, "zero_shot": evaluate(ZeroShot(clip).fit(data), data)})
-    return pd.DataFrame(rows)
-
-
 def paired_difference(results, better: str, worse: str, by: str = "dataset", pair_on: Sequence[str] = ("seed", "n_way", "task"),
                       value: str = "accuracy"):
     """Per ``by`` group: mean and 95% CI of ``better - worse``, paired on the same episodes/seeds."""
-    import pandas as pd
-
     wide = results.pivot_table(index=[by, *pair_on], columns="method", values=value).reset_index()
     rows = []
     for group, part in wide.groupby(by, sort=False):
@@ -125,30 +105,25 @@ def paired_difference(results, better: str, worse: str, by: str = "dataset", pai
     return pd.DataFrame(rows)
 
 
-def base_to_new(factories: dict, datasets: Sequence[str], shots: int, seeds: Sequence[int], progress: bool = True):
+def base_to_new(factories: dict, datasets: Sequence[str], shots: int, seeds: Sequence[int], progress: bool = True,
+                test_per_class: int | None = None):
     """Base-to-new generalisation for methods behind the shared interface (CoCoOp's protocol).
 
-    ``factories`` maps a label to a zero-argument constructor. Each method is fitted on ``shots``
+    ``factories`` maps a label to a constructor taking the seed. Each method is fitted on ``shots``
     images per base class (first half of the labels) and scored on the base and on the new test
     classes, each with its own label set. A method that cannot score unseen classes (a linear probe)
-    gets NaN on new. Returns rows ``dataset, seed, method, part, accuracy, fit_seconds``.
+    gets NaN on new. ``test_per_class`` scores a fixed sample of the test split
+    (:func:`~fslib.fewshot.fixed_test_sample`). Returns rows ``dataset, seed, method, part, accuracy, fit_seconds``.
     """
-    import time
-
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from fslib.data import load_dataset
-    from fslib.fewshot import base_to_new_sets, few_shot
-
     rows = []
     for name in tqdm(datasets, desc="datasets", disable=not progress):
-        base_train, base_test, new_test = base_to_new_sets(load_dataset(name, "train"), load_dataset(name, "test"))
+        base_train, base_test, new_test = base_to_new_sets(load_dataset(name, "train"),
+                                                           fixed_test_sample(load_dataset(name, "test"), test_per_class))
         for seed in seeds:
             support = few_shot(base_train, shots, seed)
             for label, make in factories.items():
                 start = time.perf_counter()
-                method = make().fit(support)
+                method = make(seed).fit(support)
                 seconds = time.perf_counter() - start
                 try:
                     new = evaluate(method, new_test, new_test.classnames)
@@ -162,33 +137,38 @@ def base_to_new(factories: dict, datasets: Sequence[str], shots: int, seeds: Seq
 
 def harmonic_mean_table(results):
     """Per (dataset, method): seed-averaged base and new accuracy and their HM; plus the average over
-    datasets as the mean of per-dataset HMs (the convention of the papers' main rows)."""
+    datasets as HM(mean base, mean new), the convention of CoOp, CoCoOp and these papers' average rows
+    (CoCoOp's 75.83 = HM(80.47, 71.69))."""
     table = results.groupby(["dataset", "method", "part"], sort=False).accuracy.mean().unstack("part")
     table["HM"] = [harmonic_mean(b, n) for b, n in zip(table["base"], table["new"])]
-    average = table.groupby("method", sort=False)[["base", "new", "HM"]].mean()
+    average = table.groupby("method", sort=False)[["base", "new"]].mean()
+    average["HM"] = [harmonic_mean(b, n) for b, n in zip(average["base"], average["new"])]
     return table, average
 
 
+def harmonic_mean_by_seed(results, method: str):
+    """HM(mean base, mean new) over datasets for one method, per seed: the unit a base-to-new claim is
+    decided from."""
+    rows = results[results.method == method]
+    parts = rows.groupby(["seed", "part"]).accuracy.mean().unstack("part")
+    return pd.Series([harmonic_mean(b, n) for b, n in zip(parts["base"], parts["new"])], index=parts.index, name=method)
+
+
 def cross_dataset(factories: dict, source: str, targets: Sequence[str], shots: int, seeds: Sequence[int],
-                  progress: bool = True):
-    """Fit each method on ``shots`` per class of ``source`` and score the test split of every target with
+                  progress: bool = True, test_per_class: int | None = None):
+    """Fit each method (``factories``: label -> constructor taking the seed) on ``shots`` per class of
+    ``source`` and score the test split of every target with
     the target's own class names: domain shift when the classes are shared, forgetting when they are not.
 
     Returns rows ``method, seed, target, accuracy`` (the source's own test split included).
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from fslib.data import load_dataset
-    from fslib.fewshot import few_shot
-
     train = load_dataset(source, "train")
-    tests = {name: load_dataset(name, "test") for name in [source, *targets]}
+    tests = {name: fixed_test_sample(load_dataset(name, "test"), test_per_class) for name in [source, *targets]}
     rows = []
     for seed in tqdm(seeds, desc=f"from {source}", disable=not progress):
         support = few_shot(train, shots, seed)
         for label, make in factories.items():
-            method = make().fit(support)
+            method = make(seed).fit(support)
             for name, test in tests.items():
                 rows.append({"method": label, "seed": seed, "target": name,
                              "accuracy": evaluate(method, test, test.classnames)})

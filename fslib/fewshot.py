@@ -34,6 +34,16 @@ def few_shot(dataset: ImageDataset, shots: int, seed: int) -> ImageDataset:
     return dataset.subset(few_shot_indices(dataset.labels, shots, seed), split=f"{dataset.split}-{shots}shot-seed{seed}")
 
 
+def fixed_test_sample(test: ImageDataset, per_class: int | None) -> ImageDataset:
+    """A fixed class-balanced sample of a test split, the same for every method and seed (drawn with
+    seed 0), so comparisons stay paired on the same images. For notebooks whose methods run the whole
+    tower at evaluation, where the full split would dominate the run time. ``None`` or 0 (or more than
+    the smallest class holds) keeps the whole split."""
+    if not per_class or per_class >= np.bincount(test.labels).min():
+        return test
+    return few_shot(test, per_class, seed=0)
+
+
 def base_new_classes(num_classes: int) -> tuple[list[int], list[int]]:
     """Base = the first ceil(C/2) labels in sorted order, new = the rest (CoOp's ``subsample_classes``)."""
     cut = (num_classes + 1) // 2

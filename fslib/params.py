@@ -28,6 +28,12 @@ def positive_int(name: str, value: Any) -> int:
     return value
 
 
+def non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= 0")
+    return value
+
+
 def positive_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValueError(f"{name}={value!r} is not allowed; it must be a number > 0")
@@ -63,6 +69,16 @@ def int_list(name: str, value: Any) -> list[int]:
     if not values:
         raise ValueError(f"{name}={value!r} is not allowed; it must be a non-empty list of integers >= 1")
     return [positive_int(name, v) for v in values]
+
+
+def seeds(name: str, value: Any) -> list[int]:
+    """Seeds, the unit of replication of every claim: at least two distinct integers >= 1 (three or more
+    recommended), since one seed gives no confidence interval."""
+    values = int_list(name, value)
+    if len(set(values)) < 2:
+        raise ValueError(f"{name}={value!r} is not allowed; claims are decided over seeds, so give at least 2 "
+                         "distinct seeds (3 or more recommended), e.g. 1,2,3")
+    return values
 
 
 def _float_list(name: str, value: Any, requirement: str) -> list:

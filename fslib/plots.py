@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+from scipy import stats
 
 from fslib.data import ImageDataset
-from fslib.report import project_dir
+from fslib.evaluation import harmonic_mean, summarise
+from fslib.paths import project_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,18 +49,21 @@ def sample_grid(datasets: Sequence[ImageDataset], per_dataset: int = 8, seed: in
 
 
 def difficulty_spectrum(table: "pd.DataFrame") -> plt.Figure:
-    """Horizontal bars of zero-shot accuracy per dataset (columns ``dataset, domain, zero_shot, chance``)."""
+    """Horizontal bars of zero-shot accuracy per dataset (columns ``dataset, domain, zero_shot, chance``,
+    and ``ci_low, ci_high`` for 95% error bars over the test images)."""
     table = table.sort_values("zero_shot")
     fig, ax = plt.subplots(figsize=(7, 0.38 * len(table) + 1))
     colours = {"id": sns.color_palette()[0], "ood": sns.color_palette()[3]}
-    ax.barh(table["dataset"], table["zero_shot"], color=[colours.get(d, "grey") for d in table["domain"]])
+    error = [table["zero_shot"] - table["ci_low"], table["ci_high"] - table["zero_shot"]] if "ci_low" in table else None
+    ax.barh(table["dataset"], table["zero_shot"], xerr=error, capsize=2,
+            color=[colours.get(d, "grey") for d in table["domain"]])
     ax.scatter(table["chance"], table["dataset"], marker="|", s=300, color="black", label="chance", zorder=3)
     for y, value in enumerate(table["zero_shot"]):
-        ax.text(value + 1, y, f"{value:.0f}", va="center", fontsize=9)
+        ax.text(min(value + 3, 101), y, f"{value:.0f}", va="center", fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
     ax.legend(handles + ax.get_legend_handles_labels()[0], ["in-distribution", "out-of-distribution", "chance"],
               loc="lower right", fontsize=8)
-    ax.set(xlim=(0, 105), xlabel="zero-shot accuracy (%)", title="Transfer difficulty of the embedded suite")
+    ax.set(xlim=(0, 108), xlabel="zero-shot accuracy (%)", title="Transfer difficulty (zero-shot, 95% CI)")
     fig.tight_layout()
     return fig
 
@@ -67,8 +72,6 @@ def facet_lines(results: "pd.DataFrame", x: str, xlabel: str, facet: str = "data
                 value: str = "accuracy", ncols: int = 5, log2_x: bool = False) -> plt.Figure:
     """One panel per ``facet``, one line per ``hue`` of mean ``value`` vs ``x``; bands are Student-t 95% CIs
     over the rows of each point (seeds, or seeds x test tasks)."""
-    from fslib.evaluation import summarise
-
     summary = summarise(results, [facet, hue, x], value)
     panels = list(dict.fromkeys(results[facet]))
     nrows = -(-len(panels) // ncols)
@@ -106,8 +109,6 @@ def shot_curves(results: "pd.DataFrame", ncols: int = 5) -> plt.Figure:
 def scatter_fit(table: "pd.DataFrame", x: str, y: str, label: str, xlabel: str, ylabel: str,
                 title: str) -> plt.Figure:
     """Scatter of ``y`` vs ``x`` with a least-squares line and Pearson's r in the title; points labelled."""
-    from scipy import stats
-
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     ax.scatter(table[x], table[y], s=40, zorder=3)
     for _, row in table.iterrows():
@@ -144,15 +145,19 @@ def gain_vs_difficulty(gains: "pd.DataFrame") -> plt.Figure:
 
 
 def ablation_sweeps(sweeps: "pd.DataFrame") -> plt.Figure:
-    """APEX's ablations: new-class accuracy vs β (adaptive α) and vs a fixed α; thin lines per dataset."""
+    """APEX's ablations: new-class accuracy vs β (adaptive α) and vs a fixed α; thin lines per dataset, the
+    mean over datasets with a 95% CI band over seeds (when ``sweeps`` has a ``seed`` column)."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for ax, knob, label in zip(axes, ("beta", "alpha"), ("β (adaptive α = exp(-β d_avg))", "fixed α")):
         part = sweeps[sweeps["knob"] == knob]
         for dataset, rows in part.groupby("dataset", sort=False):
             means = rows.groupby("value")["accuracy"].mean()
             ax.plot(means.index, means.values, color="grey", lw=0.8, alpha=0.5)
-        means = part.groupby("value")["accuracy"].mean()
-        ax.plot(means.index, means.values, color=sns.color_palette()[0], lw=2.5, marker="o", label="mean over datasets")
+        per_seed = part.groupby(["seed", "value"], as_index=False)["accuracy"].mean() if "seed" in part else part
+        band = summarise(per_seed, ["value"]).sort_values("value")
+        colour = sns.color_palette()[0]
+        ax.plot(band["value"], band["mean"], color=colour, lw=2.5, marker="o", label="mean over datasets (95% CI over seeds)")
+        ax.fill_between(band["value"], band["mean"] - band["ci95"], band["mean"] + band["ci95"], color=colour, alpha=0.2)
         ax.set(xlabel=label, title=f"new-class accuracy vs {knob}")
     axes[0].set_ylabel("new-class accuracy (%)")
     axes[0].legend(fontsize=8)
@@ -162,8 +167,6 @@ def ablation_sweeps(sweeps: "pd.DataFrame") -> plt.Figure:
 
 def domain_bars(results: "pd.DataFrame") -> plt.Figure:
     """Mean accuracy per variant, ID vs OOD, without and with fine-tuning; error bars are 95% CIs over tasks."""
-    from fslib.evaluation import summarise
-
     summary = summarise(results, ["finetune", "domain", "variant"])
     panels = list(dict.fromkeys(summary["finetune"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), sharey=True, squeeze=False)
@@ -183,14 +186,22 @@ def domain_bars(results: "pd.DataFrame") -> plt.Figure:
 
 
 def tradeoff(results: "pd.DataFrame") -> plt.Figure:
-    """SMAT's ID vs OOD accuracy over sparsity τ, one line per expert count M (points labelled by τ)."""
+    """SMAT's ID vs OOD accuracy over sparsity τ, one line per expert count M (points labelled by τ); error
+    bars are 95% CIs over seeds (when ``results`` has a ``seed`` column)."""
     fig, ax = plt.subplots(figsize=(5, 4))
-    summary = results.groupby(["experts", "tau", "domain"])["accuracy"].mean().unstack("domain").reset_index()
-    for colour, (m, rows) in zip(sns.color_palette(), summary.groupby("experts")):
-        ax.plot(rows["ID"], rows["OOD"], marker="o", color=colour, label=f"M = {m}")
+    keys = ["experts", "tau", "domain"]
+    per_seed = results.groupby(keys + ["seed"], as_index=False)["accuracy"].mean() if "seed" in results else results
+    summary = summarise(per_seed, keys)
+    mean = summary.pivot_table(index=["experts", "tau"], columns="domain", values="mean").reset_index()
+    ci = summary.pivot_table(index=["experts", "tau"], columns="domain", values="ci95").reset_index()
+    for colour, (m, rows) in zip(sns.color_palette(), mean.groupby("experts")):
+        errors = ci.loc[rows.index]
+        ax.errorbar(rows["ID"], rows["OOD"], xerr=errors["ID"], yerr=errors["OOD"], marker="o", color=colour,
+                    capsize=3, label=f"M = {m}")
         for _, row in rows.iterrows():
             ax.annotate(f"τ={row['tau']}", (row["ID"], row["OOD"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="in-distribution accuracy (%)", ylabel="out-of-distribution accuracy (%)", title="Sparsity trade-off")
+    ax.set(xlabel="in-distribution accuracy (%)", ylabel="out-of-distribution accuracy (%)",
+           title="Sparsity trade-off (95% CI over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -237,26 +248,37 @@ def time_vs_accuracy(speed: "pd.DataFrame") -> plt.Figure:
     return fig
 
 
-def kappa_tradeoff(curve: "pd.DataFrame", zero_shot: "pd.Series") -> plt.Figure:
-    """LLU's base and new accuracy over κ, with zero-shot as dashed references."""
+def kappa_tradeoff(sweep: "pd.DataFrame", zero_shot: "pd.Series") -> plt.Figure:
+    """LLU's base and new accuracy over κ (``sweep``: rows ``seed, method`` = κ, ``part, accuracy``), with
+    95% CI bands over seeds and zero-shot as dashed references."""
+    per_seed = sweep.groupby(["seed", "method", "part"], as_index=False)["accuracy"].mean()
+    summary = summarise(per_seed, ["method", "part"]).sort_values("method")
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for colour, part in zip(sns.color_palette(), ("base", "new")):
-        ax.plot(curve.index, curve[part], marker="o", color=colour, label=f"LLU {part}")
+        rows = summary[summary["part"] == part]
+        ax.plot(rows["method"], rows["mean"], marker="o", color=colour, label=f"LLU {part}")
+        ax.fill_between(rows["method"], rows["mean"] - rows["ci95"], rows["mean"] + rows["ci95"], color=colour, alpha=0.2)
         ax.axhline(zero_shot[part], color=colour, ls="--", lw=1, label=f"zero-shot {part}")
     ax.set_xscale("symlog", linthresh=1)
-    ax.set(xlabel="κ (kernel sharpness; 0 = global)", ylabel="accuracy (%)", title="From global to local updates")
+    ax.set_xlim(-0.2, 1.3 * summary["method"].max())  # κ >= 0: no negative half of the symlog axis
+    ax.set(xlabel="κ (kernel sharpness; 0 = global)", ylabel="accuracy (%)", title="From global to local updates (95% CI over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def transfer_bars(matrix: "pd.DataFrame") -> plt.Figure:
-    """Accuracy per target dataset (columns) for each method (rows): grouped bars."""
-    fig, ax = plt.subplots(figsize=(1.6 * len(matrix.columns) + 2.5, 3.6))
-    width = 0.8 / len(matrix)
-    for i, (method, row) in enumerate(matrix.iterrows()):
-        ax.bar(np.arange(len(row)) + (i - (len(matrix) - 1) / 2) * width, row.values, width, label=method)
-    ax.set_xticks(np.arange(len(matrix.columns)), matrix.columns)
+def transfer_bars(transfer: "pd.DataFrame") -> plt.Figure:
+    """Accuracy per target dataset for each method (rows ``method, seed, target, accuracy``): grouped bars
+    with 95% CIs over seeds."""
+    summary = summarise(transfer, ["method", "target"])
+    methods, targets = list(dict.fromkeys(transfer["method"])), list(dict.fromkeys(transfer["target"]))
+    fig, ax = plt.subplots(figsize=(1.6 * len(targets) + 2.5, 3.6))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        rows = summary[summary["method"] == method].set_index("target").loc[targets]
+        ax.bar(np.arange(len(targets)) + (i - (len(methods) - 1) / 2) * width, rows["mean"], width, yerr=rows["ci95"],
+               capsize=2, label=method)
+    ax.set_xticks(np.arange(len(targets)), targets)
     ax.set(ylabel="accuracy (%)", title="After fine-tuning on the source: shifted styles and an unrelated dataset")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -264,16 +286,45 @@ def transfer_bars(matrix: "pd.DataFrame") -> plt.Figure:
 
 
 def ablation_and_interpolation(ablation: "pd.DataFrame", ratios: "pd.DataFrame", dataset: str) -> plt.Figure:
-    """CLIP-CITE's loss ablation (base/new/HM bars) and its WiSE-FT ratio sweep (base and new lines)."""
+    """CLIP-CITE's loss ablation (base / new / HM(mean base, mean new) per seed, bars with 95% CIs over
+    seeds; ``ablation``: base-to-new rows) and its WiSE-FT ratio sweep (base and new lines)."""
+    parts = ablation.groupby(["method", "seed", "part"]).accuracy.mean().unstack("part").reset_index()
+    parts["HM"] = [harmonic_mean(b, n) for b, n in zip(parts["base"], parts["new"])]
+    long = parts.melt(id_vars=["method", "seed"], value_vars=["base", "new", "HM"], var_name="metric", value_name="accuracy")
+    summary = summarise(long, ["method", "metric"])
+    methods = list(dict.fromkeys(ablation["method"]))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    ablation[["base", "new", "HM"]].plot.bar(ax=axes[0], rot=0)
-    axes[0].set(ylabel="accuracy (%)", xlabel="", title="loss ablation (mean over datasets)",
-                ylim=(0, 1.25 * ablation[["base", "new", "HM"]].to_numpy().max()))  # headroom for the legend
+    for i, metric in enumerate(("base", "new", "HM")):
+        rows = summary[summary["metric"] == metric].set_index("method").loc[methods]
+        axes[0].bar(np.arange(len(methods)) + (i - 1) * 0.27, rows["mean"], 0.27, yerr=rows["ci95"], capsize=2, label=metric)
+    axes[0].set_xticks(np.arange(len(methods)), methods)
+    axes[0].set(ylabel="accuracy (%)", title="loss ablation (95% CI over seeds)",
+                ylim=(0, 1.25 * (summary["mean"] + summary["ci95"]).max()))  # headroom for the legend
     axes[0].legend(ncols=3, fontsize=8, loc="upper center")
     for part, rows in ratios.groupby("part", sort=False):
         axes[1].plot(rows["ratio"], rows["accuracy"], marker="o", label=part)
     axes[1].set(xlabel="interpolation ratio (0 = pretrained, 1 = fine-tuned)", ylabel="accuracy (%)",
-                title=f"weight-space interpolation ({dataset})")
+                title=f"weight-space interpolation ({dataset}, one seed)")
     axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def verdicts(results: Sequence, title: str = "Claims: estimate, 95% CI and margin") -> plt.Figure:
+    """One row per decided claim (:class:`fslib.evidence.Verdict`): the estimate with its 95% CI, the
+    margin as a tick, coloured by verdict. The picture of a notebook's evidence at a glance."""
+    colours = {"held": sns.color_palette()[2], "contradicted": sns.color_palette()[3], "inconclusive": "grey"}
+    fig, axes = plt.subplots(len(results), 1, figsize=(7.5, 0.95 * len(results) + 0.5), squeeze=False)
+    for ax, v in zip(axes[:, 0], results):
+        ax.errorbar([v.estimate], [0], xerr=[[v.estimate - v.ci_low], [v.ci_high - v.estimate]], fmt="o",
+                    color=colours[v.verdict], capsize=4, lw=2)
+        ax.axvline(v.claim.margin, color="black", lw=1.2, ls="--", label="margin")
+        lo, hi = min(v.ci_low, v.claim.margin), max(v.ci_high, v.claim.margin)
+        pad = 0.15 * (hi - lo) + (0.5 if v.claim.kind == "paired" else 0.05)
+        ax.set(xlim=(lo - pad, hi + pad), ylim=(-1, 1), yticks=[])
+        ax.set_title(f"{v.verdict}: {v.claim.claim} ({v.claim.quantity})", fontsize=8, loc="left",
+                     color=colours[v.verdict], fontweight="bold")
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -57,3 +57,16 @@ def test_fit_trains_only_the_prompts_and_adapter(random_clip):
     assert all(p.requires_grad for p in random_clip.model.parameters())  # the shared model is left as it was
     assert not torch.equal(method.adapter_matrix, torch.eye(128))
     assert method.trainable_parameters() == 2 * 2 * 192 + 2 * 128 + 128 * 128 + 128
+
+
+def test_apex_equals_vpt_ta_on_the_training_classes(random_clip):
+    """Why "APEX keeps VPT+TA's base accuracy" is no claim: α = 1 on every training class, so the adaptive
+    ensemble returns VPT+TA's own logits there (once a notebook check that could only come out one way)."""
+    from fslib.methods.apex import make_family
+
+    data = make_dataset(3, 2)
+    data.templates = [APEX_TEMPLATE]
+    method = make_family(random_clip, "VPT+TA", epochs=1).fit(data)
+    with_ensemble = method.logits(data)
+    method.ensemble = False
+    torch.testing.assert_close(with_ensemble, method.logits(data), rtol=0, atol=1e-5)

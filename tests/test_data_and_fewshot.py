@@ -93,3 +93,13 @@ def test_split_per_class_partitions_each_class():
     parts = [split_per_class(labels, s, {"train": 0.5, "val": 0.2, "test": 0.3}) for s in ("train", "val", "test")]
     assert [len(p) for p in parts] == [10, 4, 6]
     assert len(np.unique(np.concatenate(parts))) == 20
+
+
+def test_fixed_test_sample_is_balanced_the_same_for_every_caller_and_optional():
+    from fslib.fewshot import fixed_test_sample
+
+    data = make_dataset(3, 10)
+    sample = fixed_test_sample(data, 4)
+    assert np.array_equal(np.bincount(sample.labels), [4, 4, 4])
+    assert np.array_equal(sample.parent_indices, fixed_test_sample(data, 4).parent_indices)  # the same for every caller
+    assert fixed_test_sample(data, None) is data and fixed_test_sample(data, 0) is data and fixed_test_sample(data, 10) is data

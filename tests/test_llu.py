@@ -67,3 +67,18 @@ def test_update_weights_report_gamma_on_the_training_data(random_clip):
     llu = LLU(random_clip, gamma=0.5, kappa=10.0, steps=0, max_centres=100).fit(data)
     weights = llu.update_weights(data, data.classnames)  # every image and prompt is its own centre
     assert weights["images"] == pytest.approx(0.5, abs=1e-4) and weights["class prompts"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_llu_is_fast_by_construction_cached_features_and_two_small_maps(random_clip, monkeypatch):
+    """LLU's speed claim ("trains in seconds") as the properties that make it so, not as a wall-clock check:
+    once the features are cached, fitting never runs the image tower, and it trains two d x d affine maps."""
+    data = make_dataset(5, 16)
+    encode_images(random_clip, data, progress=False)
+
+    def no_tower(*args, **kwargs):
+        raise AssertionError("LLU.fit ran the image tower on cached features")
+
+    monkeypatch.setattr(random_clip.model, "encode_image", no_tower)
+    llu = LLU(random_clip, steps=5).fit(data)
+    d = random_clip.model.text_projection.shape[1]
+    assert llu.trainable_parameters() == 2 * (d * d + d)

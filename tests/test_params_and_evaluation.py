@@ -1,5 +1,6 @@
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -107,3 +108,51 @@ def test_pretrained_tag_accepts_tags_and_paths_and_names_bad_values():
         params.pretrained_tag("pretrained", "")
     with pytest.raises(ValueError, match="pretrained=3 is not allowed"):
         params.pretrained_tag("pretrained", 3)
+
+
+def test_seeds_need_two_distinct_values_and_counts_can_be_zero():
+    from fslib import params
+
+    assert params.seeds("seeds", "1,2,3") == [1, 2, 3]
+    with pytest.raises(ValueError, match=r"seeds=\[1\] is not allowed; claims are decided over seeds"):
+        params.seeds("seeds", [1])
+    with pytest.raises(ValueError, match="at least 2 distinct"):
+        params.seeds("seeds", [2, 2])
+    assert params.non_negative_int("test_per_class", 0) == 0
+    with pytest.raises(ValueError, match="test_per_class=-1 is not allowed"):
+        params.non_negative_int("test_per_class", -1)
+
+
+def test_average_harmonic_mean_is_hm_of_means_per_seed_and_overall():
+    from fslib.evaluation import harmonic_mean, harmonic_mean_by_seed, harmonic_mean_table
+
+    rows = [{"dataset": d, "seed": s, "method": "m", "part": p, "accuracy": a}
+            for s in (1, 2) for d, base, new in (("a", 80.0, 40.0), ("b", 60.0, 80.0)) for p, a in (("base", base), ("new", new))]
+    results = pd.DataFrame(rows)
+    _, average = harmonic_mean_table(results)
+    assert average.loc["m", "HM"] == pytest.approx(harmonic_mean(70.0, 60.0))  # not the mean of 53.3 and 68.6
+    assert harmonic_mean_by_seed(results, "m").tolist() == pytest.approx([harmonic_mean(70.0, 60.0)] * 2)
+
+
+def test_tables_of_an_image_folder_join_on_its_name(tmp_path, random_clip):
+    """00_tour on a folder of one's own: the zero-shot table and the probe's sweep must name the dataset
+    alike, or the probe's gain becomes NaN (and a NaN must never become a verdict)."""
+    import numpy as np
+    from PIL import Image
+
+    from fslib.data import load_dataset
+    from fslib.evaluation import few_shot_sweep
+    from fslib.methods import LinearProbe
+    from fslib.methods.baselines import zero_shot_table
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "pets" / c).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "pets" / c / f"{i}.png")
+    path = str(tmp_path / "pets")
+    spectrum = zero_shot_table(random_clip, [path])
+    probe = few_shot_sweep(lambda seed: LinearProbe(random_clip), load_dataset(path, "train"), load_dataset(path, "test"),
+                           [2], [1, 2], progress=False)
+    joined = spectrum.set_index("dataset").join(probe.groupby("dataset").accuracy.mean())
+    assert list(joined.index) == ["pets"] and np.isfinite(joined.loc["pets", ["zero_shot", "accuracy"]].astype(float)).all()

@@ -1,29 +1,21 @@
-import json
-
 import matplotlib
 import pandas as pd
 
 from fslib import plots
-from fslib.report import check_claim, print_summary, project_dir, reset_claims
+from fslib.paths import project_dir
+from fslib.report import print_summary
 
 matplotlib.use("Agg")
 
 
-def test_check_claim_records_and_replaces(capsys):
-    reset_claims("nb")
-    check_claim("nb", "x beats y", True, "3 vs 2")
-    check_claim("nb", "x beats y", False, "1 vs 2")  # a re-run of the same cell replaces the record
-    check_claim("nb", "z holds", True, "ok")
-    records = json.loads((project_dir("runs") / "claims" / "nb.json").read_text())
-    assert [(r["claim"], r["held"]) for r in records] == [("x beats y", False), ("z holds", True)]
-    assert "[DID NOT HOLD] x beats y" in capsys.readouterr().out
-
-
-def test_summary_counts_claims(capsys):
+def test_summary_counts_three_verdicts(capsys):
+    claim = {"claim": "a", "estimate": 1.0, "ci_low": 0.5, "ci_high": 1.5, "n": 3}
     print_summary([{"notebook": "00_tour", "seconds": 12.0, "status": "ok",
-                    "claims": [{"claim": "a", "held": True}, {"claim": "b", "held": False}]}])
+                    "claims": [{**claim, "verdict": "held"}, {**claim, "claim": "b", "verdict": "inconclusive"},
+                               {**claim, "claim": "c", "verdict": "inconclusive"}]}])
     out = capsys.readouterr().out
-    assert "1 notebooks, 1 ran; 1/2 claims held" in out and "NOT   b" in out
+    assert "1 held / 0 contradicted / 2 inconclusive" in out
+    assert "3 claims: 1 held / 0 contradicted / 2 inconclusive" in out
 
 
 def test_save_writes_under_figures(tmp_path):
@@ -39,3 +31,15 @@ def test_confidence_bands_stay_within_0_and_100_percent():
     band = plots.shot_curves(results).axes[0].collections[0]
     ys = band.get_paths()[0].vertices[:, 1]
     assert ys.max() == 100.0 and ys.min() == 0.0
+
+
+def test_verdict_figure_has_one_row_per_claim_with_its_interval():
+    from fslib.evidence import Claim, Verdict
+
+    claim = Claim("nb", "A beats B", "Tab. 1", ("A", "B"))
+    rows = [Verdict(claim, "held", 2.0, 1.0, 3.0, 3), Verdict(claim, "inconclusive", 0.5, -1.0, 2.0, 3, seeds_needed=9)]
+    fig = plots.verdicts(rows)
+    assert len(fig.axes) == 2
+    assert fig.axes[0].get_title(loc="left").startswith("held: A beats B")
+    low, high = fig.axes[1].get_xlim()
+    assert low < -1.0 and high > 2.0  # the whole interval and the margin are in view

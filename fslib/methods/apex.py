@@ -27,12 +27,17 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.metrics import precision_score
+from tqdm.auto import tqdm
 
-from fslib.data import ImageDataset
+from fslib.data import ImageDataset, load_dataset
+from fslib.evaluation import accuracy
 from fslib.features import encode_images, preprocess_images
+from fslib.fewshot import base_to_new_sets, few_shot, fixed_test_sample
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, zero_shot_classifier
 from fslib.training import frozen, minibatches, train
@@ -165,15 +170,23 @@ class PromptedCLIP(Method):
         return self
 
     @torch.no_grad()
-    def image_features_pair(self, images: Images) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(prompted, clean zero-shot) image features, unnormalised; the second is None without VPT."""
+    def image_features_clean(self, images: ImageDataset) -> torch.Tensor:
+        """The frozen tower's unnormalised image features (what the ensemble mixes back in, Alg. 2).
+        They depend on neither the prompts nor the seed, so a sweep computes them once per test set."""
+        chunks = preprocess_images(self.clip, images).split(256)
+        return torch.cat([self.clip.model.encode_image(chunk.to(self.clip.device)) for chunk in chunks])
+
+    @torch.no_grad()
+    def image_features_pair(self, images: Images, clean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prompted, clean zero-shot) image features, unnormalised; the second is None without VPT, and
+        is only computed when the ensemble needs it and ``clean`` was not passed in."""
         if not self.visual_depth:
             return self.image_features_frozen(images), None
         if isinstance(images, torch.Tensor):
             raise TypeError(f"{self.name} prompts the image tower: pass an ImageDataset, not cached features")
-        chunks = preprocess_images(self.clip, images).split(256)
-        prompted = torch.cat([self.image_features_prompted(chunk) for chunk in chunks])
-        clean = torch.cat([self.clip.model.encode_image(chunk.to(self.clip.device)) for chunk in chunks])
+        prompted = torch.cat([self.image_features_prompted(chunk) for chunk in preprocess_images(self.clip, images).split(256)])
+        if clean is None and self.ensemble:
+            clean = self.image_features_clean(images)
         return prompted, clean
 
     @torch.no_grad()
@@ -231,8 +244,6 @@ def make_family(clip: Clip, family: str, **overrides) -> PromptedCLIP:
 def _ensemble_sweep(method: PromptedCLIP, features, test: ImageDataset, betas: Sequence[float],
                     alphas: Sequence[float]) -> list[dict]:
     """New-class accuracy over β (adaptive α) and over a fixed α, from one pass of image features."""
-    from fslib.evaluation import accuracy
-
     rows = []
     for knob, values in (("beta", betas), ("alpha", alphas)):
         for value in values:
@@ -244,22 +255,16 @@ def _ensemble_sweep(method: PromptedCLIP, features, test: ImageDataset, betas: S
 
 
 def base_to_new(clip: Clip, datasets: Sequence[str], shots: int, seeds: Sequence[int], epochs: int, lr: float,
-                betas: Sequence[float] = (), alphas: Sequence[float] = (), progress: bool = True):
+                betas: Sequence[float] = (), alphas: Sequence[float] = (), progress: bool = True,
+                test_per_class: int | None = None):
     """Base-to-new generalisation (CoCoOp's protocol, APEX §5): fit on ``shots`` images of each base
     class, test on base and new classes separately. APEX is VPT+TA with the adaptive ensemble, so it
     reuses VPT+TA's fitted prompts and adapter. Also returns new-class accuracy for a sweep of β and
-    of fixed α (the paper's Tables 12-13), and each dataset's zero-shot macro precision and RTD.
+    of fixed α (the paper's Tables 12-13), and each dataset's zero-shot macro precision and RTD (on the
+    full test split). ``test_per_class`` scores the methods on a fixed sample of the test split.
 
     Returns ``(results, sweeps, difficulty)`` DataFrames.
     """
-    import pandas as pd
-    from sklearn.metrics import precision_score
-    from tqdm.auto import tqdm
-
-    from fslib.data import load_dataset
-    from fslib.evaluation import accuracy
-    from fslib.fewshot import base_to_new_sets, few_shot
-
     results, sweeps, difficulty = [], [], []
     for name in tqdm(datasets, desc="datasets", disable=not progress):
         train, test = load_dataset(name, "train"), load_dataset(name, "test")
@@ -268,16 +273,18 @@ def base_to_new(clip: Clip, datasets: Sequence[str], shots: int, seeds: Sequence
         precision = precision_score(test.labels, predictions, average="macro", zero_division=0)
         difficulty.append({"dataset": name, "zero_shot_precision": 100 * precision,
                            "rtd": relative_transfer_difficulty(precision, test.num_classes)})
-        base_train, base_test, new_test = base_to_new_sets(train, test)
+        base_train, base_test, new_test = base_to_new_sets(train, fixed_test_sample(test, test_per_class))
+        parts = {"base": base_test, "new": new_test}
+        clean = {part: zero.image_features_clean(test_part) for part, test_part in parts.items()}
         for seed in seeds:
             support = few_shot(base_train, shots, seed)
             for family in FAMILIES:
                 method = make_family(clip, family, epochs=epochs, lr=lr, seed=seed).fit(support)
-                # APEX = the fitted VPT+TA, evaluated with the adaptive ensemble switched on
-                for label in [family] + (["APEX"] if family == "VPT+TA" else []):
-                    method.ensemble = label == "APEX"
-                    for part, test_part in (("base", base_test), ("new", new_test)):
-                        features = method.image_features_pair(test_part)
+                for part, test_part in parts.items():
+                    # one image pass per part; APEX = the fitted VPT+TA with the adaptive ensemble switched on
+                    features = method.image_features_pair(test_part, clean[part])
+                    for label in [family] + (["APEX"] if family == "VPT+TA" else []):
+                        method.ensemble = label == "APEX"
                         acc = accuracy(method.logits_from_features(*features, test_part.classnames), test_part.labels)
                         results.append({"dataset": name, "seed": seed, "method": label, "part": part, "accuracy": acc})
                         if label == "APEX" and part == "new":

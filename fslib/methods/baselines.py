@@ -4,10 +4,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
+from scipy import stats
 from sklearn.linear_model import LogisticRegression
 
-from fslib.data import ImageDataset
+from fslib.data import ImageDataset, load_dataset
+from fslib.evaluation import evaluate
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, zero_shot_classifier
 
@@ -61,3 +64,18 @@ class LinearProbe(Method):
 
     def trainable_parameters(self) -> int:
         return 0 if self.model is None else int(self.model.coef_.size + self.model.intercept_.size)
+
+
+def zero_shot_table(clip: Clip, names: Sequence[str], split: str = "test") -> pd.DataFrame:
+    """Zero-shot accuracy of ``clip`` on each named dataset, with its 95% Wilson interval over the test
+    images: ``dataset, domain, classes, images, chance, zero_shot, ci_low, ci_high``. ``dataset`` is the
+    loaded dataset's own name (an image folder's name, not its path), as every other table uses."""
+    rows = []
+    for name in names:
+        data = load_dataset(name, split)
+        acc = evaluate(ZeroShot(clip).fit(data), data)
+        interval = stats.binomtest(round(acc * len(data) / 100), len(data)).proportion_ci(method="wilson")
+        rows.append({"dataset": data.name, "domain": data.domain, "classes": data.num_classes, "images": len(data),
+                     "chance": 100 / data.num_classes, "zero_shot": acc,
+                     "ci_low": 100 * interval.low, "ci_high": 100 * interval.high})
+    return pd.DataFrame(rows)

@@ -26,11 +26,13 @@ import copy
 import math
 from typing import Sequence
 
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from fslib.data import ImageDataset
+from fslib.evaluation import evaluate
 from fslib.features import preprocess_images
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, prompt_logits_cpu, prompt_tokens
@@ -152,10 +154,6 @@ def make_variant(clip: Clip, variant: str, **overrides) -> FullFineTune:
 
 def interpolation_sweep(method: FullFineTune, tests: dict[str, ImageDataset], ratios: Sequence[float]):
     """Accuracy of a fitted method on each named test set over WiSE-FT ratios (0 = pretrained)."""
-    import pandas as pd
-
-    from fslib.evaluation import evaluate
-
     rows, previous = [], method.interpolation
     for ratio in ratios:
         method.set_interpolation(ratio)

@@ -27,12 +27,14 @@ import time
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.cluster import AgglomerativeClustering
 
-from fslib.data import ImageDataset
+from fslib.data import ImageDataset, load_dataset
+from fslib.fewshot import base_to_new_sets, few_shot
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, zero_shot_classifier
 from fslib.training import minibatches, train
@@ -230,11 +232,6 @@ def locality_table(clip: Clip, datasets: Sequence[str], shots: int, seed: int, *
     """Per dataset: the mean locality weight an LLU fitted on the base classes gives base and new test
     images and class prompts (:meth:`LLU.update_weights`). Near-equal weights mean the kernel cannot
     keep the update away from new classes in this embedding space."""
-    import pandas as pd
-
-    from fslib.data import load_dataset
-    from fslib.fewshot import base_to_new_sets, few_shot
-
     rows = []
     for name in datasets:
         base_train, base_test, new_test = base_to_new_sets(load_dataset(name, "train"), load_dataset(name, "test"))

@@ -27,12 +27,15 @@ from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fslib.data import ImageDataset
+from fslib.data import ImageDataset, load_dataset
+from fslib.evaluation import episode_accuracies
 from fslib.features import preprocess_images
+from fslib.fewshot import EpisodeSampler, few_shot
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, prompt_logits, prompt_logits_cpu, prompt_tokens
 from fslib.training import minibatches, train
@@ -205,12 +208,6 @@ def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int
     ``queries`` query images per class from its test split (held-out images of the same classes,
     as in the official code, notes §4). Returns a tidy DataFrame (one row per method and episode).
     """
-    import pandas as pd
-
-    from fslib.data import load_dataset
-    from fslib.evaluation import episode_accuracies
-    from fslib.fewshot import EpisodeSampler, few_shot
-
     rows = []
     jobs = [(name, seed) for name in datasets for seed in seeds]
     for name, seed in tqdm(jobs, desc="datasets x seeds", disable=not progress):

@@ -32,9 +32,10 @@ same sparsity τ), and ``"none"`` (ProtoNet on the pretrained tower, PMF-style w
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,14 +43,12 @@ from torch.func import functional_call
 from torch.nn.utils.parametrizations import spectral_norm
 from tqdm.auto import tqdm
 
-from fslib.data import ImageDataset
+from fslib.data import ImageDataset, load_dataset
+from fslib.evaluation import evaluate
 from fslib.features import preprocess_images
-from fslib.fewshot import Episode
+from fslib.fewshot import Episode, EpisodeSampler
 from fslib.methods.base import Images, Method
 from fslib.models import Clip
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 MASK_MODES = ("learned", "dense", "random", "magnitude", "none")
 FINETUNE_MODES = ("none", "full", "lora")
@@ -380,6 +379,12 @@ def expert_usage(clip: Clip, experts: SparseInterpolatedExperts, episodes_by_dom
     return np.stack(rows)
 
 
+def specialisation(usage: "np.ndarray") -> float:
+    """How much the router's choice depends on the dataset: the largest across-dataset spread (max - min)
+    of any expert's mean gate in :func:`expert_usage`'s table."""
+    return float((usage.max(axis=0) - usage.min(axis=0)).max())
+
+
 def mask_overlap(experts: SparseInterpolatedExperts) -> "np.ndarray":
     """Jaccard overlap of the experts' test-time binary masks: (M, M)."""
     with torch.no_grad():
@@ -401,9 +406,6 @@ VARIANTS = {  # label -> masks mode, in the order the notebook shows them
 
 def episodes_for(datasets: Sequence[str], split: str, n_way: int, shots: int, queries: int, count: int, seed: int) -> dict:
     """``count`` N-way K-shot episodes per dataset (its own sampler, so every variant sees the same ones)."""
-    from fslib.data import load_dataset
-    from fslib.fewshot import EpisodeSampler
-
     out = {}
     for i, name in enumerate(datasets):
         sampler = EpisodeSampler([load_dataset(name, split)], n_way, shots, queries, seed=seed * 1000 + i)
@@ -414,8 +416,6 @@ def episodes_for(datasets: Sequence[str], split: str, n_way: int, shots: int, qu
 def evaluate_experts(clip: Clip, experts: SparseInterpolatedExperts, test_episodes: dict, label: str,
                      finetune: Sequence[str] = ("none",), steps: int = 10, lr: float = 1e-4) -> list[dict]:
     """Query accuracy per test episode, without and (optionally) with test-time fine-tuning."""
-    from fslib.evaluation import evaluate
-
     rows = []
     for mode in finetune:
         for dataset, episodes in test_episodes.items():
@@ -439,11 +439,6 @@ def compare_variants(clip: Clip, id_datasets: Sequence[str], ood_datasets: Seque
     ``meta_options`` go to :func:`meta_train`. Returns ``(results, {label: experts}, train episodes,
     {dataset: test episodes})``.
     """
-    import pandas as pd
-
-    from fslib.data import load_dataset
-    from fslib.fewshot import EpisodeSampler
-
     unknown = sorted(set(finetuned_variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; allowed: {', '.join(VARIANTS)}")
@@ -470,8 +465,6 @@ def sparsity_tradeoff(clip: Clip, train_episodes: Sequence[Episode], test_episod
     ``already_trained`` maps ``(τ, M)`` to experts meta-trained on the same episodes (the notebook's main
     run), which are evaluated instead of trained again.
     """
-    import pandas as pd
-
     already_trained = already_trained or {}
     rows = []
     for tau, m in tqdm([(t, m) for t in taus for m in expert_counts], desc="tau x M", disable=not progress):

@@ -29,13 +29,15 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from fslib.data import SPLITS, ImageDataset
+from fslib.data import SPLITS, ImageDataset, register_named_datasets
 from fslib.world.corpus import (NAMED_TEXTURES, NUMBER_WORDS, PRETRAIN_STYLES, counting_scene,
                                 single_object_scene, two_object_scene)
 from fslib.world.render import COLORS, NOVEL_SHAPES, POSITIONS, SEEN_SHAPES, TEXTURES, Scene, render
 
-# images per class in each split; val is for choosing hyper-parameters, never test
-PER_CLASS = {"train": 32, "val": 16, "test": 32}
+# images per class in the train and val splits; val is for choosing hyper-parameters, never test
+PER_CLASS = {"train": 32, "val": 16}
+# test images per dataset: a 95% binomial CI of at most about +-2.5 points at 50% accuracy
+TEST_IMAGES = 1536
 _COMPOSITION_COLORS = ("red", "green", "blue", "yellow")
 _COMPOSITION_SHAPES = ("circle", "square", "triangle", "star")
 
@@ -144,6 +146,11 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(images[..., None], 3, axis=-1), digits.target[picks]
 
 
+def images_per_class(num_classes: int, split: str) -> int:
+    """Train and val: fixed per class; test: enough that the whole split has ``TEST_IMAGES`` images."""
+    return PER_CLASS[split] if split in PER_CLASS else -(-TEST_IMAGES // num_classes)
+
+
 @lru_cache(maxsize=64)
 def _build(name: str, split: str) -> ImageDataset:
     spec = WORLD_DATASETS[name]
@@ -151,7 +158,7 @@ def _build(name: str, split: str) -> ImageDataset:
         images, labels = _digits(split)
     else:
         rng = np.random.default_rng(_seed(name, split))
-        labels = np.repeat(np.arange(len(spec.classnames)), PER_CLASS[split])
+        labels = np.repeat(np.arange(len(spec.classnames)), images_per_class(len(spec.classnames), split))
         images = np.stack([render(spec.make_scene(int(y), rng), rng) for y in labels])
     images.flags.writeable = False
     return ImageDataset(name, split, list(spec.classnames), labels, images, list(spec.templates), spec.domain,
@@ -165,3 +172,6 @@ def load_world_dataset(name: str, split: str = "test") -> ImageDataset:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     return _build(name, split)
+
+
+register_named_datasets(WORLD_DATASETS, load_world_dataset)

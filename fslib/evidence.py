@@ -1,0 +1,283 @@
+"""The kit's standard of evidence: claims declared before they are computed, decided from paired units.
+
+A :class:`Claim` names the paper's statement and where the paper makes it, the two sides it compares
+(or the trend), the direction, and a margin in points fixed in advance: ``0`` for "A beats B", ``-2``
+for "A is on par with B (at most 2 points worse)". It is decided from **paired units**, the same seeds
+on both sides, with the seed as the unit of replication (episodes, datasets and test images within a
+seed are averaged first, so sampling and training variance both count):
+
+* **held** when the 95% CI of the estimate lies wholly past the margin in the claimed direction;
+* **contradicted** when it lies wholly on the other side;
+* **inconclusive** otherwise, with the number of seeds that would resolve it at the observed variance.
+
+Paired comparisons use Student's t interval of the per-seed differences (:func:`scipy.stats.t`); trends
+(a gain against transfer difficulty, say) use a percentile bootstrap of Spearman's rho that resamples
+seeds and datasets together. Every decision is printed and recorded in ``runs/claims/<notebook>.json``
+(keys ``claim, paper_ref, verdict, estimate, ci_low, ci_high, margin, n, unit``), which ``make reproduce``
+summarises.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown
+from scipy import stats
+
+from fslib.paths import project_dir
+
+VERDICTS = ("held", "contradicted", "inconclusive")
+DIRECTIONS = ("greater", "less")
+MAX_SEEDS_QUOTED = 200  # past this, "more seeds" is not a realistic way to resolve a claim
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim as declared before its numbers exist.
+
+    ``sides`` is what is compared: ``("LLU", "zero-shot")`` for a paired claim (estimate = first −
+    second), or ``("gain", "RTD")`` for a trend (estimate = Spearman's rho of the first against the
+    second). The claim is that the estimate is ``direction`` than ``margin``.
+    """
+
+    notebook: str
+    claim: str
+    paper_ref: str
+    sides: tuple[str, str]
+    margin: float = 0.0
+    direction: str = "greater"
+    kind: str = "paired"
+    unit: str = "seed"
+    units: str = "points"  # what the compared quantity is measured in ("" for a share or a weight)
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"claim {self.claim!r}: direction {self.direction!r}; allowed: {', '.join(DIRECTIONS)}")
+        if self.kind not in ("paired", "trend"):
+            raise ValueError(f"claim {self.claim!r}: kind {self.kind!r}; allowed: paired, trend")
+
+    @property
+    def quantity(self) -> str:
+        a, b = self.sides
+        return f"{a} − {b}" if self.kind == "paired" else f"Spearman ρ({a}, {b})"
+
+    @property
+    def test(self) -> str:
+        """The decision rule in words, e.g. ``LLU − zero-shot > 0 points``."""
+        units = f" {self.units}" if self.kind == "paired" and self.units else ""
+        return f"{self.quantity} {'>' if self.direction == 'greater' else '<'} {self.margin:g}{units}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: Claim
+    verdict: str
+    estimate: float
+    ci_low: float
+    ci_high: float
+    n: int
+    seeds_needed: int | None = None
+    detail: str = ""
+    per_unit: dict = field(default_factory=dict)
+    interval_kind: str = "t"  # "t" over units, or "bootstrap" over units and groups
+
+    def record(self) -> dict:
+        return {"claim": self.claim.claim, "paper_ref": self.claim.paper_ref, "verdict": self.verdict,
+                "estimate": round(self.estimate, 3), "ci_low": round(self.ci_low, 3), "ci_high": round(self.ci_high, 3),
+                "margin": self.claim.margin, "n": self.n, "unit": self.claim.unit, "test": self.claim.test,
+                "seeds_needed": self.seeds_needed, "detail": self.detail}
+
+    @property
+    def interval(self) -> str:
+        """``+3.1 [+1.2, +5.0]`` (points for paired claims, rho for trends, three decimals for shares)."""
+        fmt = "{:+.2f}" if self.claim.kind == "trend" else "{:+.1f}" if self.claim.units == "points" else "{:+.3f}"
+        return f"{fmt.format(self.estimate)} [{fmt.format(self.ci_low)}, {fmt.format(self.ci_high)}]"
+
+    @property
+    def resolution(self) -> str:
+        """For an inconclusive verdict: what would resolve it."""
+        if self.seeds_needed:
+            return f"about {self.seeds_needed} {self.claim.unit}s would resolve it at this variance"
+        if self.interval_kind == "bootstrap":
+            return "the bootstrap CI (seeds and datasets resampled) spans the margin: more seeds or datasets would narrow it"
+        return (f"more than {MAX_SEEDS_QUOTED} {self.claim.unit}s would be needed at this variance: "
+                "the estimate sits close to the margin")
+
+    def __str__(self) -> str:
+        line = (f"[{self.verdict.upper()}] {self.claim.claim} ({self.claim.paper_ref})\n"
+                f"    {self.claim.quantity} = {self.interval}, 95% CI over n = {self.n} {self.claim.unit}s; "
+                f"test: {self.claim.test}")
+        if self.verdict == "inconclusive":
+            line += "\n    " + self.resolution
+        return line + (f"\n    {self.detail}" if self.detail else "")
+
+
+def declare(notebook: str, claims: Sequence[dict]) -> dict[str, Claim]:
+    """Declare a notebook's claims before anything is computed; print them as a table.
+
+    ``claims`` holds keyword dicts for :class:`Claim` with a short ``key`` each; returns them by key.
+    """
+    declared = {spec["key"]: Claim(notebook=notebook, **{k: v for k, v in spec.items() if k != "key"}) for spec in claims}
+    rows = [{"claim": c.claim, "paper": c.paper_ref, "decided by": c.test, "unit": c.unit} for c in declared.values()]
+    with pd.option_context("display.max_colwidth", 90, "display.width", 250):
+        print(pd.DataFrame(rows).to_string(index=False))
+    return declared
+
+
+def _claims_file(notebook: str):
+    return project_dir("runs") / "claims" / f"{notebook}.json"
+
+
+def reset_claims(notebook: str) -> None:
+    """Forget the records of an earlier run of ``notebook`` (call once at the notebook's start)."""
+    _claims_file(notebook).unlink(missing_ok=True)
+
+
+def read_claims(notebook: str) -> list[dict]:
+    path = _claims_file(notebook)
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _save(verdict: Verdict) -> Verdict:
+    path = _claims_file(verdict.claim.notebook)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = [r for r in read_claims(verdict.claim.notebook) if r["claim"] != verdict.claim.claim]
+    path.write_text(json.dumps(records + [verdict.record()], indent=2) + "\n")
+    print(verdict)
+    return verdict
+
+
+def _verdict(claim: Claim, low: float, high: float) -> str:
+    above, below = low > claim.margin, high < claim.margin
+    if claim.direction == "less":
+        above, below = below, above
+    return "held" if above else "contradicted" if below else "inconclusive"
+
+
+def _check_units(claim: Claim, values: pd.Series, side: str) -> None:
+    if len(values) == 0:
+        raise ValueError(f"claim {claim.claim!r}: no values for {side!r}; nothing to decide from")
+    missing = values[values.isna()].index.tolist()
+    if missing:
+        raise ValueError(f"claim {claim.claim!r}: {side!r} is missing (NaN) for {claim.unit}s {missing}")
+
+
+def seeds_to_resolve(differences: np.ndarray, margin: float, confidence: float = 0.95) -> int | None:
+    """Smallest n whose t-interval half-width, at the observed sd, no longer reaches the margin."""
+    gap, sd = abs(float(np.mean(differences)) - margin), float(np.std(differences, ddof=1))
+    if sd == 0:
+        return None if gap == 0 else len(differences)
+    for n in range(2, MAX_SEEDS_QUOTED + 1):
+        if stats.t.ppf((1 + confidence) / 2, n - 1) * sd / math.sqrt(n) < gap:
+            return n
+    return None
+
+
+def decide(claim: Claim, a: pd.Series, b: pd.Series, detail: str = "", confidence: float = 0.95) -> Verdict:
+    """Decide a paired claim from per-unit values of its two sides (Series indexed by seed).
+
+    The units are paired by index; a unit present on one side only, a NaN or an empty side is an
+    error naming the claim, never a verdict.
+    """
+    a, b = pd.Series(a, dtype=float), pd.Series(b, dtype=float)
+    _check_units(claim, a, claim.sides[0])
+    _check_units(claim, b, claim.sides[1])
+    if set(a.index) != set(b.index):
+        raise ValueError(f"claim {claim.claim!r}: the sides are not paired: {claim.unit}s {sorted(a.index)} vs {sorted(b.index)}")
+    differences = (a - b.loc[a.index]).to_numpy()
+    n = len(differences)
+    if n < 2:
+        raise ValueError(f"claim {claim.claim!r}: one {claim.unit} cannot give an interval; run at least 2 (3 recommended)")
+    mean = float(differences.mean())
+    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=stats.sem(differences)) if differences.std() > 0 else (mean, mean)
+    verdict = _verdict(claim, low, high)
+    needed = seeds_to_resolve(differences, claim.margin, confidence) if verdict == "inconclusive" else None
+    return _save(Verdict(claim, verdict, mean, float(low), float(high), n, needed, detail,
+                         {str(k): round(float(v), 3) for k, v in zip(a.index, differences)}))
+
+
+def decide_trend(claim: Claim, table: pd.DataFrame, y: str, x: str, group: str = "dataset", detail: str = "",
+                 resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> Verdict:
+    """Decide a trend claim: Spearman's rho between ``y`` and ``x`` across ``group``s.
+
+    ``table`` has one row per (unit, group). When the groups are a sample (datasets), the estimate is rho
+    of the per-group means and its CI a percentile bootstrap that resamples units (seeds) and groups
+    independently, so both sources of variation count. When ``x`` is the group itself (a designed sweep,
+    such as a grid of kappa), the grid is fixed: rho is computed per seed and its t-interval taken over
+    seeds, like a paired claim.
+    """
+    _check_units(claim, table[y], y)
+    unit = claim.unit
+    wide_y = table.pivot_table(index=unit, columns=group, values=y)
+    if wide_y.isna().any().any():
+        raise ValueError(f"claim {claim.claim!r}: {y!r} is missing for some ({unit}, {group}) pairs")
+    n_units, n_groups = wide_y.shape
+    if n_units < 2 or n_groups < 3:
+        raise ValueError(f"claim {claim.claim!r}: a trend needs >= 2 {unit}s and >= 3 {group}s, got {n_units} and {n_groups}")
+    detail = detail or f"over {n_groups} {group}s"
+
+    def spearman(xs: np.ndarray, ys: np.ndarray) -> float:
+        return float(stats.spearmanr(xs, ys).statistic) if np.ptp(xs) > 0 and np.ptp(ys) > 0 else 0.0
+
+    if x == group:
+        grid = wide_y.columns.to_numpy(float)
+        per_seed = pd.Series([spearman(grid, row) for row in wide_y.to_numpy()], index=wide_y.index)
+        rho = per_seed.to_numpy()
+        low, high = (stats.t.interval(confidence, n_units - 1, loc=rho.mean(), scale=stats.sem(rho))
+                     if rho.std() > 0 else (rho.mean(), rho.mean()))
+        low, high = max(low, -1.0), min(high, 1.0)  # a correlation cannot leave [-1, 1]
+        verdict = _verdict(claim, low, high)
+        needed = seeds_to_resolve(rho, claim.margin, confidence) if verdict == "inconclusive" else None
+        return _save(Verdict(claim, verdict, float(rho.mean()), float(low), float(high), n_units, needed,
+                             detail + f"; rho per {unit}: " + ", ".join(f"{v:+.2f}" for v in rho),
+                             per_seed.round(3).to_dict()))
+
+    _check_units(claim, table[x], x)
+    wide_x = table.pivot_table(index=unit, columns=group, values=x).loc[wide_y.index, wide_y.columns]
+
+    def rho(units: np.ndarray, groups: np.ndarray) -> float:
+        return spearman(wide_x.to_numpy()[units][:, groups].mean(0), wide_y.to_numpy()[units][:, groups].mean(0))
+
+    estimate = rho(np.arange(n_units), np.arange(n_groups))
+    rng = np.random.default_rng(seed)
+    draws = np.array([rho(rng.integers(0, n_units, n_units), rng.integers(0, n_groups, n_groups)) for _ in range(resamples)])
+    low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return _save(Verdict(claim, _verdict(claim, low, high), estimate, float(low), float(high), n_units, None, detail,
+                         interval_kind="bootstrap"))
+
+
+def unit_means(results: pd.DataFrame, unit: str = "seed", measure: str = "accuracy", **where) -> pd.Series:
+    """Mean ``measure`` per ``unit`` over the rows matching ``where`` (column=value or column=[values])."""
+    mask = pd.Series(True, index=results.index)
+    for column, wanted in where.items():
+        mask &= results[column].isin(wanted if isinstance(wanted, (list, tuple, set)) else [wanted])
+    return results[mask].groupby(unit)[measure].mean()
+
+
+def counts(records: Sequence[Mapping]) -> dict[str, int]:
+    """How many records are held, contradicted and inconclusive."""
+    return {v: sum(r["verdict"] == v for r in records) for v in VERDICTS}
+
+
+def takeaway(verdicts: Sequence[Verdict], readings: Mapping[str, Mapping[str, str]] | None = None,
+             notes: Sequence[str] = ()) -> Markdown:
+    """The notebook's "What to take away", rendered from this run: one bullet per verdict with its numbers,
+    followed by the reading (``readings[claim][verdict]``, written in advance for each outcome) and notes."""
+    readings = readings or {}
+    tally = counts([v.record() for v in verdicts])
+    lines = [f"**{tally['held']} held, {tally['contradicted']} contradicted, {tally['inconclusive']} inconclusive** "
+             f"(95% CIs over seeds)."]
+    for v in verdicts:
+        reading = readings.get(v.claim.claim, {}).get(v.verdict, "")
+        lines.append(f"* **{v.verdict}** — {v.claim.claim} ({v.claim.paper_ref}): {v.claim.quantity} = {v.interval}, "
+                     f"n = {v.n}{'. ' + reading if reading else '.'}")
+    lines += [f"* {note}" for note in notes]
+    return Markdown("\n".join(lines))
+
+
+__all__ = ["Claim", "Verdict", "declare", "decide", "decide_trend", "unit_means", "reset_claims", "read_claims",
+           "counts", "takeaway", "seeds_to_resolve", "VERDICTS"]
