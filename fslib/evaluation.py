@@ -146,12 +146,18 @@ def harmonic_mean_table(results):
     return table, average
 
 
-def harmonic_mean_by_seed(results, method: str):
-    """HM(mean base, mean new) over datasets for one method, per seed: the unit a base-to-new claim is
-    decided from."""
-    rows = results[results.method == method]
-    parts = rows.groupby(["seed", "part"]).accuracy.mean().unstack("part")
-    return pd.Series([harmonic_mean(b, n) for b, n in zip(parts["base"], parts["new"])], index=parts.index, name=method)
+def harmonic_mean_by_seed(results, method: str | None = None):
+    """HM(mean base, mean new) over datasets, per seed: the unit a base-to-new claim is decided from.
+
+    With ``method``, a Series of HMs indexed by seed; without, a table with one row per (method, seed)
+    and the columns ``base``, ``new`` and ``HM``.
+    """
+    rows = results if method is None else results[results.method == method]
+    parts = rows.groupby(["method", "seed", "part"], sort=False).accuracy.mean().unstack("part").reset_index()
+    parts["HM"] = [harmonic_mean(b, n) for b, n in zip(parts["base"], parts["new"])]
+    if method is None:
+        return parts
+    return parts.set_index("seed")["HM"].rename(method)
 
 
 def cross_dataset(factories: dict, source: str, targets: Sequence[str], shots: int, seeds: Sequence[int],

@@ -177,6 +177,19 @@ def seeds_to_resolve(differences: np.ndarray, margin: float, confidence: float =
     return None
 
 
+def _t_decision(claim: Claim, values: np.ndarray, confidence: float,
+                bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float, float, str, int | None]:
+    """Mean, Student-t interval (clipped to ``bounds``), verdict and, when inconclusive, the seeds that
+    would resolve it: the one decision rule behind every per-seed claim."""
+    mean = float(values.mean())
+    low, high = (stats.t.interval(confidence, len(values) - 1, loc=mean, scale=stats.sem(values))
+                 if values.std() > 0 else (mean, mean))
+    low, high = max(float(low), bounds[0]), min(float(high), bounds[1])
+    verdict = _verdict(claim, low, high)
+    needed = seeds_to_resolve(values, claim.margin, confidence) if verdict == "inconclusive" else None
+    return mean, low, high, verdict, needed
+
+
 def decide(claim: Claim, a: pd.Series, b: pd.Series, detail: str = "", confidence: float = 0.95) -> Verdict:
     """Decide a paired claim from per-unit values of its two sides (Series indexed by seed).
 
@@ -192,11 +205,8 @@ def decide(claim: Claim, a: pd.Series, b: pd.Series, detail: str = "", confidenc
     n = len(differences)
     if n < 2:
         raise ValueError(f"claim {claim.claim!r}: one {claim.unit} cannot give an interval; run at least 2 (3 recommended)")
-    mean = float(differences.mean())
-    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=stats.sem(differences)) if differences.std() > 0 else (mean, mean)
-    verdict = _verdict(claim, low, high)
-    needed = seeds_to_resolve(differences, claim.margin, confidence) if verdict == "inconclusive" else None
-    return _save(Verdict(claim, verdict, mean, float(low), float(high), n, needed, detail,
+    mean, low, high, verdict, needed = _t_decision(claim, differences, confidence)
+    return _save(Verdict(claim, verdict, mean, low, high, n, needed, detail,
                          {str(k): round(float(v), 3) for k, v in zip(a.index, differences)}))
 
 
@@ -227,12 +237,9 @@ def decide_trend(claim: Claim, table: pd.DataFrame, y: str, x: str, group: str =
         grid = wide_y.columns.to_numpy(float)
         per_seed = pd.Series([spearman(grid, row) for row in wide_y.to_numpy()], index=wide_y.index)
         rho = per_seed.to_numpy()
-        low, high = (stats.t.interval(confidence, n_units - 1, loc=rho.mean(), scale=stats.sem(rho))
-                     if rho.std() > 0 else (rho.mean(), rho.mean()))
-        low, high = max(low, -1.0), min(high, 1.0)  # a correlation cannot leave [-1, 1]
-        verdict = _verdict(claim, low, high)
-        needed = seeds_to_resolve(rho, claim.margin, confidence) if verdict == "inconclusive" else None
-        return _save(Verdict(claim, verdict, float(rho.mean()), float(low), float(high), n_units, needed,
+        # a correlation cannot leave [-1, 1]
+        mean, low, high, verdict, needed = _t_decision(claim, rho, confidence, bounds=(-1.0, 1.0))
+        return _save(Verdict(claim, verdict, mean, low, high, n_units, needed,
                              detail + f"; rho per {unit}: " + ", ".join(f"{v:+.2f}" for v in rho),
                              per_seed.round(3).to_dict()))
 

@@ -46,6 +46,16 @@ def non_negative_float(name: str, value: Any) -> float:
     return float(value)
 
 
+def boolean(name: str, value: Any) -> bool:
+    """True or False; papermill's text "true" / "false" (any case), "yes" / "no" and "1" / "0" too."""
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if isinstance(value, str) and value.strip().lower() in words:
+        return words[value.strip().lower()]
+    raise ValueError(f"{name}={value!r} is not allowed; it must be True or False")
+
+
 def fraction(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ValueError(f"{name}={value!r} is not allowed; it must be a number in [0, 1)")
@@ -62,13 +72,23 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def int_list(name: str, value: Any) -> list[int]:
-    """A non-empty list of integers >= 1: a list, a bare integer, or text like "1,2,4" or "[1, 2, 4]"."""
+def _int_list(name: str, value: Any, check: Callable[[str, Any], int], requirement: str) -> list[int]:
+    """``value`` as a non-empty list, text entries turned into integers, each checked by ``check``."""
     values = _as_list(value)
     values = [int(v) if isinstance(v, str) and v.lstrip("-").isdigit() else v for v in values]
     if not values:
-        raise ValueError(f"{name}={value!r} is not allowed; it must be a non-empty list of integers >= 1")
-    return [positive_int(name, v) for v in values]
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a non-empty list of integers {requirement}")
+    return [check(name, v) for v in values]
+
+
+def int_list(name: str, value: Any) -> list[int]:
+    """A non-empty list of integers >= 1: a list, a bare integer, or text like "1,2,4" or "[1, 2, 4]"."""
+    return _int_list(name, value, positive_int, ">= 1")
+
+
+def non_negative_int_list(name: str, value: Any) -> list[int]:
+    """A non-empty list of integers >= 0 (e.g. epochs, where 0 means "none")."""
+    return _int_list(name, value, non_negative_int, ">= 0")
 
 
 def seeds(name: str, value: Any) -> list[int]:
@@ -126,6 +146,14 @@ def dataset_list(name: str, value: Any) -> list[str]:
         if v not in known and not Path(v).is_dir():
             raise ValueError(f"{name}: unknown dataset {v!r}; allowed: {', '.join(known)}, or an image-folder path")
     return values
+
+
+def dataset_name(name: str, value: Any) -> str:
+    """One dataset, checked as :func:`dataset_list` checks each entry."""
+    values = dataset_list(name, value)
+    if len(values) != 1:
+        raise ValueError(f"{name}={value!r} is not allowed; give exactly one dataset")
+    return values[0]
 
 
 def model_name(name: str, value: Any) -> str:

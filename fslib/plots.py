@@ -10,7 +10,7 @@ import seaborn as sns
 from scipy import stats
 
 from fslib.data import ImageDataset
-from fslib.evaluation import harmonic_mean, summarise
+from fslib.evaluation import harmonic_mean_by_seed, summarise
 from fslib.paths import project_dir
 
 if TYPE_CHECKING:
@@ -107,12 +107,13 @@ def shot_curves(results: "pd.DataFrame", ncols: int = 5) -> plt.Figure:
 
 
 def scatter_fit(table: "pd.DataFrame", x: str, y: str, label: str, xlabel: str, ylabel: str,
-                title: str) -> plt.Figure:
-    """Scatter of ``y`` vs ``x`` with a least-squares line and Pearson's r in the title; points labelled."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    ax.scatter(table[x], table[y], s=40, zorder=3)
+                title: str, yerr: str | None = None, ax: plt.Axes | None = None) -> plt.Figure:
+    """Scatter of ``y`` vs ``x`` with a least-squares line and Pearson's r in the legend; points labelled,
+    with ``yerr`` (a column of 95% CI half-widths) as error bars when given. Draws into ``ax`` if given."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8)) if ax is None else (ax.figure, ax)
+    ax.errorbar(table[x], table[y], yerr=None if yerr is None else table[yerr], fmt="o", ms=5, capsize=2, zorder=3)
     for _, row in table.iterrows():
-        ax.annotate(row[label], (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(row[label], (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if len(table) >= 2:
         fit = stats.linregress(table[x], table[y])
         xs = np.linspace(table[x].min(), table[x].max(), 50)
@@ -124,11 +125,14 @@ def scatter_fit(table: "pd.DataFrame", x: str, y: str, label: str, xlabel: str, 
     return fig
 
 
-def gain_vs_difficulty(gains: "pd.DataFrame") -> plt.Figure:
-    """Gain over zero-shot (``gain``) vs relative transfer difficulty (``rtd``), one colour and fit per ``method``."""
+def gain_vs_difficulty(gains: "pd.DataFrame", ylabel: str = "base-class gain over zero-shot (points)",
+                       title: str = "Which ETL family helps, by difficulty") -> plt.Figure:
+    """Gain over zero-shot (``gain``, with 95% CI half-widths ``ci95``) vs relative transfer difficulty
+    (``rtd``), one colour and fit per ``method``."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for colour, (method, rows) in zip(sns.color_palette(), gains.groupby("method", sort=False)):
-        ax.scatter(rows["rtd"], rows["gain"], color=colour, label=method, s=30, zorder=3)
+        ax.errorbar(rows["rtd"], rows["gain"], yerr=rows["ci95"], fmt="o", ms=5, capsize=2, color=colour, label=method,
+                    zorder=3)
         if len(rows) >= 2:  # least-squares line in log difficulty: RTD spans orders of magnitude
             slope, intercept = np.polyfit(np.log(rows["rtd"]), rows["gain"], 1)
             xs = np.geomspace(gains["rtd"].min(), gains["rtd"].max(), 20)
@@ -137,8 +141,8 @@ def gain_vs_difficulty(gains: "pd.DataFrame") -> plt.Figure:
         ax.annotate(row["dataset"], (row["rtd"], gains["gain"].min()), fontsize=7, rotation=90, va="bottom", alpha=0.6)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
-    ax.set(xlabel="relative transfer difficulty (1 / (C · zero-shot precision), log scale); harder →",
-           ylabel="base-class gain over zero-shot (points)", title="Which ETL family helps, by difficulty")
+    ax.set(xlabel="relative transfer difficulty (1 / (C · zero-shot accuracy), log scale); harder →",
+           ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -267,7 +271,8 @@ def kappa_tradeoff(sweep: "pd.DataFrame", zero_shot: "pd.Series") -> plt.Figure:
     return fig
 
 
-def transfer_bars(transfer: "pd.DataFrame") -> plt.Figure:
+def transfer_bars(transfer: "pd.DataFrame",
+                  title: str = "After fine-tuning on the source: shifted styles and an unrelated dataset") -> plt.Figure:
     """Accuracy per target dataset for each method (rows ``method, seed, target, accuracy``): grouped bars
     with 95% CIs over seeds."""
     summary = summarise(transfer, ["method", "target"])
@@ -279,7 +284,7 @@ def transfer_bars(transfer: "pd.DataFrame") -> plt.Figure:
         ax.bar(np.arange(len(targets)) + (i - (len(methods) - 1) / 2) * width, rows["mean"], width, yerr=rows["ci95"],
                capsize=2, label=method)
     ax.set_xticks(np.arange(len(targets)), targets)
-    ax.set(ylabel="accuracy (%)", title="After fine-tuning on the source: shifted styles and an unrelated dataset")
+    ax.set(ylabel="accuracy (%)", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -288,9 +293,7 @@ def transfer_bars(transfer: "pd.DataFrame") -> plt.Figure:
 def ablation_and_interpolation(ablation: "pd.DataFrame", ratios: "pd.DataFrame", dataset: str) -> plt.Figure:
     """CLIP-CITE's loss ablation (base / new / HM(mean base, mean new) per seed, bars with 95% CIs over
     seeds; ``ablation``: base-to-new rows) and its WiSE-FT ratio sweep (base and new lines)."""
-    parts = ablation.groupby(["method", "seed", "part"]).accuracy.mean().unstack("part").reset_index()
-    parts["HM"] = [harmonic_mean(b, n) for b, n in zip(parts["base"], parts["new"])]
-    long = parts.melt(id_vars=["method", "seed"], value_vars=["base", "new", "HM"], var_name="metric", value_name="accuracy")
+    long = harmonic_mean_by_seed(ablation).melt(id_vars=["method", "seed"], value_vars=["base", "new", "HM"], var_name="metric", value_name="accuracy")
     summary = summarise(long, ["method", "metric"])
     methods = list(dict.fromkeys(ablation["method"]))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from fslib.features import preprocess_images
-from fslib.methods.apex import APEX_TEMPLATE, PromptedCLIP, ensemble_weights, relative_transfer_difficulty
+from fslib.methods.apex import (APEX_TEMPLATE, PromptedCLIP, augment_batch, class_distances, ensemble_weights,
+                                relative_transfer_difficulty)
 from fslib.methods.baselines import ZeroShot
 from tests.conftest import make_dataset
 
@@ -70,3 +71,58 @@ def test_apex_equals_vpt_ta_on_the_training_classes(random_clip):
     with_ensemble = method.logits(data)
     method.ensemble = False
     torch.testing.assert_close(with_ensemble, method.logits(data), rtol=0, atol=1e-5)
+
+
+def test_class_distances_by_hand():
+    train = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    d_avg, d_nn = class_distances(train, torch.tensor([[1.0, 0.0], [0.6, 0.8]]))
+    # cosines to the two training classes: (1, 0) and (0.6, 0.8)
+    torch.testing.assert_close(d_avg, torch.tensor([0.5, 0.3]))
+    torch.testing.assert_close(d_nn, torch.tensor([0.0, 0.2]))
+
+
+def test_deep_text_prompts_train_one_set_of_tokens_per_layer(random_clip):
+    names = ["class0", "class1"]
+    shallow = PromptedCLIP(random_clip, text_tokens=2, adapter=False, ensemble=False)
+    deep = PromptedCLIP(random_clip, text_tokens=2, text_depth=3, adapter=False, ensemble=False)
+    width = random_clip.model.token_embedding.embedding_dim
+    assert deep.trainable_parameters() == 3 * 2 * width and shallow.trainable_parameters() == 2 * width
+    with torch.no_grad():
+        assert not torch.allclose(deep.text_features_prompted(names), shallow.text_features_prompted(names))
+    with pytest.raises(ValueError, match="text_depth=99 must lie in"):
+        PromptedCLIP(random_clip, text_depth=99)
+
+
+def test_one_modality_ensembles_mix_only_that_modality(random_clip):
+    data = make_dataset(4, 2)
+    method = PromptedCLIP(random_clip, visual_depth=1, epochs=0).fit(make_dataset(2, 2))
+    method.fixed_alpha = 0.5
+    with torch.no_grad():  # a trained-looking adapter, so that mixing the text features changes them
+        method.adapter_matrix.add_(0.5 * torch.randn(method.adapter_matrix.shape, generator=torch.Generator().manual_seed(0)))
+    prompted, clean = method.image_features_pair(data)
+    logits = {}
+    for modality in ("both", "text", "image"):
+        method.ensemble_modality = modality
+        logits[modality] = method.logits_from_features(prompted, clean, data.classnames)
+    method.ensemble_modality = "text"
+    torch.testing.assert_close(logits["text"], method.logits_from_features(prompted, None, data.classnames))
+    assert not torch.allclose(logits["image"], logits["both"]) and not torch.allclose(logits["text"], logits["both"])
+    with pytest.raises(ValueError, match="unknown ensemble_modality 'audio'; allowed: both, text, image"):
+        PromptedCLIP(random_clip, ensemble_modality="audio")
+
+
+def test_augmentation_is_seeded_and_keeps_the_shape():
+    pixels = torch.rand(3, 3, 16, 16)
+    first, again, other = augment_batch(pixels, 1), augment_batch(pixels, 1), augment_batch(pixels, 2)
+    assert first.shape == pixels.shape and torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_gains_over_zero_shot_pair_each_method_with_zero_shot_on_the_same_seed():
+    import pandas as pd
+
+    from fslib.methods.apex import gains_over_zero_shot
+
+    results = pd.DataFrame([(1, "zero-shot", 50.0), (1, "VPT", 60.0), (2, "zero-shot", 40.0), (2, "VPT", 70.0)],
+                           columns=["seed", "method", "accuracy"]).assign(dataset="a", part="base")
+    gains = gains_over_zero_shot(results, pd.DataFrame({"dataset": ["a"], "rtd": [0.3]}))
+    assert gains[["seed", "method", "gain", "rtd"]].values.tolist() == [[1, "VPT", 10.0, 0.3], [2, "VPT", 30.0, 0.3]]

@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from fslib.methods.mamf import PromptFineTune, fomaml_task_update, meta_train, sample_tasks, task_count
+import pandas as pd
+
+from fslib.methods.mamf import (PromptFineTune, choose_settings, compare_strategies, fomaml_task_update, mamf_budget,
+                               meta_train, sample_tasks, task_count, train_arm)
 from tests.conftest import make_dataset
 
 
@@ -64,3 +67,33 @@ def test_meta_train_changes_a_copy_only(random_clip, strategy):
     trained = meta_train(random_clip, make_dataset(4, 4), strategy, n_way=2, lr=1e-3, batch_size=8, progress=False)
     assert torch.equal(random_clip.model.visual.proj, before)
     assert not torch.equal(trained.model.visual.proj, before)
+
+
+def test_mamf_budget_by_hand():
+    data = make_dataset(4, 4)  # 4 classes x 4 images; n = 2 -> K = round(ln 0.001 / ln 0.5) = 10 tasks of 8 images
+    assert task_count(2, 4) == 10
+    budget = mamf_budget(data, 2, epochs=2, batch_size=3, seed=0)
+    assert (budget.steps, budget.images) == (10 * 2 * 3, 10 * 2 * 8)  # ceil(8 / 3) = 3 steps per epoch
+
+
+def test_matched_fine_tuning_takes_mamf_steps_and_images(random_clip):
+    data = make_dataset(4, 4)
+    _, mamf = train_arm(random_clip, data, "MAMF", 2, lr=1e-4, seed=0, batch_size=32)
+    _, matched = train_arm(random_clip, data, "fine-tuning", 2, lr=1e-4, seed=0, batch_size=32)
+    _, one_epoch = train_arm(random_clip, data, "fine-tuning (1 epoch)", 2, lr=1e-4, seed=0, batch_size=32)
+    assert matched == mamf and (mamf.steps, mamf.images) == (10, 80)
+    assert (one_epoch.steps, one_epoch.images) == (1, 16)
+    with pytest.raises(ValueError, match="unknown arm 'MAML'; allowed: fine-tuning, "):
+        train_arm(random_clip, data, "MAML", 2, lr=1e-4, seed=0)
+
+
+def test_choose_settings_takes_each_arms_best_mean_and_the_first_on_ties():
+    rows = [("MAMF", 1e-5, 0, 50), ("MAMF", 1e-5, 0, 70), ("MAMF", 1e-4, 5, 80), ("MAMF", 1e-4, 0, 40),
+            ("FOMAML", 1e-5, 0, 60), ("FOMAML", 1e-4, 5, 60), ("zero-shot", 0.0, 0, 99)]
+    validation = pd.DataFrame(rows, columns=["method", "lr", "adapt_epochs", "accuracy"])
+    assert choose_settings(validation) == {"MAMF": (1e-4, 5), "FOMAML": (1e-5, 0)}
+
+
+def test_compare_strategies_names_unknown_arms(random_clip):
+    with pytest.raises(ValueError, match=r"unknown arms \['MAML'\]"):
+        compare_strategies(random_clip, ["colors"], [2], 1, 1, [1], {"MAML": [(1e-5, 0)]})

@@ -132,6 +132,9 @@ def test_average_harmonic_mean_is_hm_of_means_per_seed_and_overall():
     _, average = harmonic_mean_table(results)
     assert average.loc["m", "HM"] == pytest.approx(harmonic_mean(70.0, 60.0))  # not the mean of 53.3 and 68.6
     assert harmonic_mean_by_seed(results, "m").tolist() == pytest.approx([harmonic_mean(70.0, 60.0)] * 2)
+    table = harmonic_mean_by_seed(results)  # every method: the per-seed base, new and HM rows a figure draws
+    assert table[["method", "seed"]].values.tolist() == [["m", 1], ["m", 2]]
+    assert table.HM.tolist() == pytest.approx([harmonic_mean(70.0, 60.0)] * 2)
 
 
 def test_tables_of_an_image_folder_join_on_its_name(tmp_path, random_clip):
@@ -156,3 +159,24 @@ def test_tables_of_an_image_folder_join_on_its_name(tmp_path, random_clip):
                            [2], [1, 2], progress=False)
     joined = spectrum.set_index("dataset").join(probe.groupby("dataset").accuracy.mean())
     assert list(joined.index) == ["pets"] and np.isfinite(joined.loc["pets", ["zero_shot", "accuracy"]].astype(float)).all()
+
+
+def test_non_negative_int_lists_allow_zero_and_name_negatives():
+    from fslib import params
+
+    assert params.non_negative_int_list("adapt_grid", "0,5") == [0, 5]
+    with pytest.raises(ValueError, match="adapt_grid=-1 is not allowed"):
+        params.non_negative_int_list("adapt_grid", [0, -1])
+    with pytest.raises(ValueError, match="adapt_grid=0 is not allowed"):
+        params.int_list("adapt_grid", [0])
+
+
+def test_boolean_and_single_dataset_parameters():
+    from fslib import params
+
+    assert params.boolean("augment", "False") is False and params.boolean("augment", True) is True
+    with pytest.raises(ValueError, match="augment='maybe' is not allowed; it must be True or False"):
+        params.boolean("augment", "maybe")
+    assert params.dataset_name("dg_source", "shapes") == "shapes"
+    with pytest.raises(ValueError, match="give exactly one dataset"):
+        params.dataset_name("dg_source", "shapes,textures")

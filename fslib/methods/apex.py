@@ -32,10 +32,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import precision_score
+from torchvision.transforms import v2 as transforms
 from tqdm.auto import tqdm
 
 from fslib.data import ImageDataset, load_dataset
-from fslib.evaluation import accuracy
+from fslib.evaluation import accuracy, cross_dataset
 from fslib.features import encode_images, preprocess_images
 from fslib.fewshot import base_to_new_sets, few_shot, fixed_test_sample
 from fslib.methods.base import Images, Method
@@ -44,23 +45,37 @@ from fslib.training import frozen, minibatches, train
 
 APEX_TEMPLATE = "a photo of a {}."
 ENSEMBLE_TEXT = ("prompted", "zero-shot")
+ENSEMBLE_MODALITIES = ("both", "text", "image")
+
+
+def class_distances(train_text: torch.Tensor, eval_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(d_avg, d_nn)`` per evaluation class (APEX §4.2): one minus the mean and the max cosine similarity
+    to the training classes. Inputs are L2-normalised zero-shot text features (C_train, D), (C_eval, D)."""
+    similarity = eval_text @ train_text.T
+    return 1 - similarity.mean(dim=1), (1 - similarity.max(dim=1).values).clamp_min(0)
 
 
 def ensemble_weights(train_text: torch.Tensor, eval_text: torch.Tensor, beta: float = 4.0,
                      epsilon: float = 0.05) -> torch.Tensor:
-    """α per evaluation class (APEX Alg. 2): ``exp(-β d_avg)`` unless a training class is within ``ε``.
-
-    Both inputs are L2-normalised zero-shot text features: (C_train, D) and (C_eval, D).
-    """
-    similarity = eval_text @ train_text.T
-    d_avg = 1 - similarity.mean(dim=1)
-    d_nn = (1 - similarity.max(dim=1).values).clamp_min(0)
+    """α per evaluation class (APEX Alg. 2): ``exp(-β d_avg)`` unless a training class is within ``ε``."""
+    d_avg, d_nn = class_distances(train_text, eval_text)
     return torch.exp(-beta * d_avg * (d_nn > epsilon).float())
 
 
-def relative_transfer_difficulty(zero_shot_precision: float, num_classes: int) -> float:
-    """RTD = precision of a random classifier / precision of zero-shot CLIP = 1 / (C · Prec_g) (Def. 1)."""
-    return 1.0 / (num_classes * max(zero_shot_precision, 1e-8))
+def relative_transfer_difficulty(zero_shot_accuracy: float, num_classes: int) -> float:
+    """RTD = accuracy of a random classifier / accuracy of zero-shot CLIP = 1 / (C · acc_g) (Def. 1, with
+    accuracy for the paper's unspecified "precision": it reproduces most of its Table 16, notes §2.2)."""
+    return 1.0 / (num_classes * max(zero_shot_accuracy, 1e-8))
+
+
+def augment_batch(pixels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Random resized crop (scale 0.5-1, back to the input size) and horizontal flip, drawn per image
+    with ``seed``, on preprocessed tensors: the official configs' training augmentation (notes §3)."""
+    augment = transforms.Compose([transforms.RandomResizedCrop(pixels.shape[-1], scale=(0.5, 1.0), antialias=True),
+                                  transforms.RandomHorizontalFlip()])
+    with torch.random.fork_rng(devices=[]):  # the seed decides the crops; the global stream is left alone
+        torch.manual_seed(seed)
+        return torch.stack([augment(image) for image in pixels])
 
 
 class PromptedCLIP(Method):
@@ -70,21 +85,27 @@ class PromptedCLIP(Method):
                  text_tokens: int = 2, adapter: bool = True, ensemble: bool = True, epochs: int = 10,
                  lr: float = 0.15, weight_decay: float = 1e-3, batch_size: int = 16, beta: float = 4.0,
                  epsilon: float = 0.05, ensemble_text: str = "prompted", fixed_alpha: float | None = None,
-                 seed: int = 0):
+                 text_depth: int = 1, ensemble_modality: str = "both", augment: bool = False, seed: int = 0):
         super().__init__(clip)
         if ensemble_text not in ENSEMBLE_TEXT:
             raise ValueError(f"unknown ensemble_text {ensemble_text!r}; allowed: {', '.join(ENSEMBLE_TEXT)}")
+        if ensemble_modality not in ENSEMBLE_MODALITIES:
+            raise ValueError(f"unknown ensemble_modality {ensemble_modality!r}; allowed: {', '.join(ENSEMBLE_MODALITIES)}")
         if not hasattr(clip.model, "token_embedding"):
             raise ValueError(f"{clip.name}: APEX needs open_clip's standard CLIP text tower (token_embedding)")
-        if not getattr(clip.model.visual.transformer, "batch_first", True):
-            raise ValueError(f"{clip.name}: APEX's prompt insertion expects open_clip's batch-first ViT blocks")
+        if not all(getattr(tower, "batch_first", True) for tower in (clip.model.visual.transformer, clip.model.transformer)):
+            raise ValueError(f"{clip.name}: APEX's prompt insertion expects open_clip's batch-first transformer blocks")
         blocks = len(clip.model.visual.transformer.resblocks)
         if not 0 <= visual_depth <= blocks:
             raise ValueError(f"visual_depth={visual_depth} must lie in [0, {blocks}] for {clip.name}")
+        text_blocks = len(clip.model.transformer.resblocks)
+        if not 1 <= text_depth <= text_blocks:
+            raise ValueError(f"text_depth={text_depth} must lie in [1, {text_blocks}] for {clip.name}")
         self.name, self.visual_depth, self.visual_tokens = name, visual_depth, visual_tokens
         self.text_tokens, self.adapter, self.ensemble = text_tokens, adapter, ensemble
         self.epochs, self.lr, self.weight_decay, self.batch_size, self.seed = epochs, lr, weight_decay, batch_size, seed
         self.beta, self.epsilon, self.ensemble_text, self.fixed_alpha = beta, epsilon, ensemble_text, fixed_alpha
+        self.text_depth, self.ensemble_modality, self.augment = text_depth, ensemble_modality, augment
         generator = torch.Generator().manual_seed(seed)  # on the CPU, so a seed gives the same prompts on any device
         width, dim, device = clip.model.visual.conv1.out_channels, clip.model.text_projection.shape[1], clip.device
         prompts = torch.randn(visual_depth, visual_tokens, width, generator=generator) * 0.02
@@ -92,6 +113,10 @@ class PromptedCLIP(Method):
         with torch.no_grad():
             prefix = clip.tokenizer(["a photo of a"])[0, 1:1 + text_tokens].to(device)
             self.text_context = nn.Parameter(clip.model.token_embedding(prefix).clone())
+        # deep text prompts (TPT, J_T > 1): fresh tokens replace the context outputs before blocks 1..J_T-1
+        text_width = clip.model.token_embedding.embedding_dim
+        deep = torch.randn(text_depth - 1, text_tokens, text_width, generator=generator) * 0.02
+        self.text_deep_prompts = nn.Parameter(deep.to(device))
         self.adapter_matrix = nn.Parameter(torch.eye(dim, device=device))
         self.adapter_bias = nn.Parameter(torch.zeros(dim, device=device))
         self.train_text_zero_shot: torch.Tensor | None = None
@@ -127,7 +152,12 @@ class PromptedCLIP(Method):
         context = self.text_context.expand(len(classnames), -1, -1)
         x = torch.cat([x[:, :1], context, x[:, 1 + self.text_tokens:]], dim=1)
         x = x + model.positional_embedding
-        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+        for i, block in enumerate(model.transformer.resblocks):
+            if 1 <= i < self.text_depth and self.text_tokens:  # replace the context tokens' outputs (deep TPT)
+                deep = self.text_deep_prompts[i - 1].expand(len(classnames), -1, -1)
+                x = torch.cat([x[:, :1], deep, x[:, 1 + self.text_tokens:]], dim=1)
+            x = block(x, attn_mask=model.attn_mask)
+        x = model.ln_final(x)
         return x[torch.arange(len(tokens), device=tokens.device), tokens.argmax(dim=-1)] @ model.text_projection
 
     def adapt_text(self, text: torch.Tensor) -> torch.Tensor:
@@ -137,6 +167,7 @@ class PromptedCLIP(Method):
     def _trainable(self) -> list[nn.Parameter]:
         params = [self.visual_prompts] if self.visual_depth else []
         params += [self.text_context] if self.text_tokens else []
+        params += [self.text_deep_prompts] if self.text_tokens and self.text_depth > 1 else []
         return params + ([self.adapter_matrix, self.adapter_bias] if self.adapter else [])
 
     def fit(self, support: ImageDataset) -> "PromptedCLIP":
@@ -147,15 +178,23 @@ class PromptedCLIP(Method):
             return self
         for p in params:
             p.requires_grad_(True)
-        labels = torch.as_tensor(support.labels)
-        # without visual prompts the image tower is untouched: train on cached features
-        inputs = preprocess_images(self.clip, support) if self.visual_depth else self.image_features_frozen(support)
+        labels, device = torch.as_tensor(support.labels), self.clip.device
+        # without visual prompts or augmentation the image tower's output never changes: use cached features
+        pixels = bool(self.visual_depth or self.augment)
+        inputs = preprocess_images(self.clip, support) if pixels else self.image_features_frozen(support)
         batches = minibatches(len(labels), self.batch_size, torch.Generator().manual_seed(self.seed))
         scale = self.clip.logit_scale
 
-        def step_loss(_: int) -> torch.Tensor:
+        def step_loss(step: int) -> torch.Tensor:
             idx = next(batches)
-            image = self.image_features_prompted(inputs[idx]) if self.visual_depth else inputs[idx].to(self.clip.device)
+            batch = augment_batch(inputs[idx], self.seed * 100_003 + step) if self.augment else inputs[idx]
+            if self.visual_depth:
+                image = self.image_features_prompted(batch)
+            elif pixels:  # augmented views through the frozen tower
+                with torch.no_grad():
+                    image = self.clip.model.encode_image(batch.to(device))
+            else:
+                image = batch.to(device)
             text = self.adapt_text(self.text_features_prompted(self.classnames))
             logits = scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
             return F.cross_entropy(logits, labels[idx].to(logits.device))
@@ -200,8 +239,10 @@ class PromptedCLIP(Method):
             alpha = self.alpha(names).to(device)
             zero_text = prompted_text if self.ensemble_text == "prompted" else self.clip.model.encode_text(
                 self.clip.tokenizer([APEX_TEMPLATE.format(c) for c in names]).to(device))
-            text = alpha[:, None] * text + (1 - alpha[:, None]) * zero_text
-            if clean is not None:  # mix unnormalised features, weight ᾱ on the adapted one (official code)
+            if self.ensemble_modality in ("both", "text"):
+                text = alpha[:, None] * text + (1 - alpha[:, None]) * zero_text
+            if clean is not None and self.ensemble_modality in ("both", "image"):
+                # mix unnormalised features, weight ᾱ on the adapted one (official code)
                 image = alpha.mean() * image + (1 - alpha.mean()) * clean.to(device)
         return (self.clip.logit_scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T).float().cpu()
 
@@ -221,24 +262,40 @@ class PromptedCLIP(Method):
         return sum(p.numel() for p in self._trainable())
 
 
-# The efficient-transfer families compared in the paper, as switches of PromptedCLIP (VPT uses every block).
+# The efficient-transfer families compared in the paper, as switches of PromptedCLIP (-1: every block).
 FAMILIES = {
     "zero-shot": dict(visual_depth=0, text_tokens=0, adapter=False, ensemble=False),
     "CoOp": dict(visual_depth=0, text_tokens=4, adapter=False, ensemble=False),
+    "TPT": dict(visual_depth=0, text_tokens=2, text_depth=-1, adapter=False, ensemble=False),
     "VPT": dict(visual_depth=-1, text_tokens=0, adapter=False, ensemble=False),
     "TA": dict(visual_depth=0, text_tokens=0, adapter=True, ensemble=False),
     "VPT+TA": dict(visual_depth=-1, text_tokens=2, adapter=True, ensemble=False),
 }
+# APEX is the fitted VPT+TA with the adaptive ensemble on both modalities, or on one (the paper's Table 5)
+ENSEMBLES = {"APEX": "both", "APEX (text only)": "text", "APEX (image only)": "image"}
 
 
 def make_family(clip: Clip, family: str, **overrides) -> PromptedCLIP:
-    """A :class:`PromptedCLIP` configured as one of ``FAMILIES`` (``visual_depth=-1``: all blocks)."""
+    """A :class:`PromptedCLIP` configured as one of ``FAMILIES`` (a depth of -1 means every block)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; allowed: {', '.join(FAMILIES)}")
     config = {**FAMILIES[family], **overrides}
     if config["visual_depth"] == -1:
         config["visual_depth"] = len(clip.model.visual.transformer.resblocks)
+    if config.get("text_depth") == -1:
+        config["text_depth"] = len(clip.model.transformer.resblocks)
     return PromptedCLIP(clip, name=family, **config)
+
+
+def distance_table(clip: Clip, train_classes: Sequence[str], eval_classes: Sequence[str], beta: float = 4.0,
+                   epsilon: float = 0.05) -> pd.DataFrame:
+    """Per evaluation class: ``d_avg``, ``d_nn`` to the training classes and the ensemble's α (§4.2)."""
+    train_text = zero_shot_classifier(clip, list(train_classes), [APEX_TEMPLATE])
+    eval_text = zero_shot_classifier(clip, list(eval_classes), [APEX_TEMPLATE])
+    d_avg, d_nn = class_distances(train_text, eval_text)
+    alpha = ensemble_weights(train_text, eval_text, beta, epsilon)
+    return pd.DataFrame({"class": list(eval_classes), "d_avg": d_avg.cpu().numpy(), "d_nn": d_nn.cpu().numpy(),
+                         "alpha": alpha.cpu().numpy()})
 
 
 def _ensemble_sweep(method: PromptedCLIP, features, test: ImageDataset, betas: Sequence[float],
@@ -254,40 +311,69 @@ def _ensemble_sweep(method: PromptedCLIP, features, test: ImageDataset, betas: S
     return rows
 
 
-def base_to_new(clip: Clip, datasets: Sequence[str], shots: int, seeds: Sequence[int], epochs: int, lr: float,
-                betas: Sequence[float] = (), alphas: Sequence[float] = (), progress: bool = True,
-                test_per_class: int | None = None):
-    """Base-to-new generalisation (CoCoOp's protocol, APEX §5): fit on ``shots`` images of each base
-    class, test on base and new classes separately. APEX is VPT+TA with the adaptive ensemble, so it
-    reuses VPT+TA's fitted prompts and adapter. Also returns new-class accuracy for a sweep of β and
-    of fixed α (the paper's Tables 12-13), and each dataset's zero-shot macro precision and RTD (on the
-    full test split). ``test_per_class`` scores the methods on a fixed sample of the test split.
+def zero_shot_difficulty(clip: Clip, test: ImageDataset) -> dict:
+    """Zero-shot accuracy and macro precision (%) over all classes, and RTD from the accuracy (Def. 1)."""
+    predictions = make_family(clip, "zero-shot").fit(test).logits(test).argmax(dim=-1).numpy()
+    acc = float((predictions == test.labels).mean())
+    precision = precision_score(test.labels, predictions, average="macro", zero_division=0)
+    return {"dataset": test.name, "zero_shot_accuracy": 100 * acc, "zero_shot_precision": 100 * precision,
+            "rtd": relative_transfer_difficulty(acc, test.num_classes)}
 
-    Returns ``(results, sweeps, difficulty)`` DataFrames.
+
+def base_to_new(clip: Clip, datasets: Sequence[str], shots: int, seeds: Sequence[int], epochs: int, lr: float,
+                betas: Sequence[float] = (), alphas: Sequence[float] = (), augment: bool = False,
+                progress: bool = True, test_per_class: int | None = None):
+    """Base-to-new generalisation (CoCoOp's protocol, APEX §5): fit on ``shots`` images of each base
+    class, test on base and new classes separately. APEX and its one-modality variants (:data:`ENSEMBLES`)
+    reuse VPT+TA's fitted prompts and adapter. Also returns new-class accuracy for a sweep of β and of a
+    fixed α (the paper's Tables 12-13), each dataset's zero-shot difficulty on its full test split, and
+    the new classes' distances to the base classes with their α. ``test_per_class`` scores the methods on
+    a fixed sample of the test split.
+
+    Returns ``(results, sweeps, difficulty, distances)`` DataFrames.
     """
-    results, sweeps, difficulty = [], [], []
+    results, sweeps, difficulty, distances = [], [], [], []
     for name in tqdm(datasets, desc="datasets", disable=not progress):
         train, test = load_dataset(name, "train"), load_dataset(name, "test")
-        zero = make_family(clip, "zero-shot").fit(test)
-        predictions = zero.logits(test).argmax(dim=-1).numpy()
-        precision = precision_score(test.labels, predictions, average="macro", zero_division=0)
-        difficulty.append({"dataset": name, "zero_shot_precision": 100 * precision,
-                           "rtd": relative_transfer_difficulty(precision, test.num_classes)})
+        difficulty.append(zero_shot_difficulty(clip, test))
         base_train, base_test, new_test = base_to_new_sets(train, fixed_test_sample(test, test_per_class))
+        distances.append(distance_table(clip, base_train.classnames, new_test.classnames).assign(dataset=name))
         parts = {"base": base_test, "new": new_test}
+        zero = make_family(clip, "zero-shot")
         clean = {part: zero.image_features_clean(test_part) for part, test_part in parts.items()}
         for seed in seeds:
             support = few_shot(base_train, shots, seed)
             for family in FAMILIES:
-                method = make_family(clip, family, epochs=epochs, lr=lr, seed=seed).fit(support)
+                method = make_family(clip, family, epochs=epochs, lr=lr, augment=augment, seed=seed).fit(support)
                 for part, test_part in parts.items():
-                    # one image pass per part; APEX = the fitted VPT+TA with the adaptive ensemble switched on
-                    features = method.image_features_pair(test_part, clean[part])
-                    for label in [family] + (["APEX"] if family == "VPT+TA" else []):
-                        method.ensemble = label == "APEX"
+                    features = method.image_features_pair(test_part, clean[part])  # one image pass per part
+                    for label in [family] + (list(ENSEMBLES) if family == "VPT+TA" else []):
+                        method.ensemble, method.ensemble_modality = label in ENSEMBLES, ENSEMBLES.get(label, "both")
                         acc = accuracy(method.logits_from_features(*features, test_part.classnames), test_part.labels)
                         results.append({"dataset": name, "seed": seed, "method": label, "part": part, "accuracy": acc})
                         if label == "APEX" and part == "new":
                             sweeps += [{"dataset": name, "seed": seed, **row}
                                        for row in _ensemble_sweep(method, features, test_part, betas, alphas)]
-    return pd.DataFrame(results), pd.DataFrame(sweeps), pd.DataFrame(difficulty)
+    return pd.DataFrame(results), pd.DataFrame(sweeps), pd.DataFrame(difficulty), pd.concat(distances, ignore_index=True)
+
+
+def domain_generalisation(clip: Clip, source: str, targets: Sequence[str], shots: int, seeds: Sequence[int],
+                          epochs: int, lr: float, visual_depth: int = 3, augment: bool = False,
+                          test_per_class: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """APEX's domain-generalisation protocol (§5, Table 4) on the kit's domains: fit APEX with shallower
+    visual prompts (``J_V = 3``, the official cross-domain config) on all classes of ``source`` and score
+    each target with the same class names. Every target class is then a training class (``d_nn = 0``), so
+    α = 1 and APEX is its VPT+TA: the test is whether the prompts and adapter survive the shift.
+    Returns :func:`~fslib.evaluation.cross_dataset`'s rows for zero-shot CLIP and APEX."""
+    factories = {"zero-shot": lambda seed: make_family(clip, "zero-shot"),
+                 "APEX": lambda seed: make_family(clip, "VPT+TA", visual_depth=visual_depth, ensemble=True, epochs=epochs,
+                                                  lr=lr, augment=augment, seed=seed)}
+    return cross_dataset(factories, source, targets, shots, seeds, progress=progress, test_per_class=test_per_class)
+
+
+def gains_over_zero_shot(results: pd.DataFrame, difficulty: pd.DataFrame) -> pd.DataFrame:
+    """One row per (seed, dataset, part, method): accuracy minus zero-shot CLIP's on the same test images,
+    with the dataset's RTD: the units of the paper's difficulty analyses (§3, Table 1)."""
+    wide = results.pivot_table(index=["seed", "dataset", "part"], columns="method", values="accuracy")
+    gains = wide.sub(wide["zero-shot"], axis=0).drop(columns="zero-shot").stack().rename("gain").reset_index()
+    return gains.merge(difficulty[["dataset", "rtd"]], on="dataset")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -38,7 +38,7 @@ from fslib.features import preprocess_images
 from fslib.fewshot import EpisodeSampler, few_shot
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, prompt_logits, prompt_logits_cpu, prompt_tokens
-from fslib.training import minibatches, train
+from fslib.training import make_optimizer, minibatches, train
 
 STRATEGIES = ("finetune", "mamf", "fomaml")
 
@@ -70,11 +70,13 @@ def in_batch_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
 
 def fine_tune(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor,
-              epochs: int, lr: float, batch_size: int, seed: int, progress: bool = False) -> list[float]:
-    """Adam over ``epochs`` passes of shuffled mini-batches, constant LR (the official recipe's optimiser)."""
+              epochs: int, lr: float, batch_size: int, seed: int, steps: int | None = None,
+              progress: bool = False) -> list[float]:
+    """Adam over shuffled mini-batches at a constant LR (the official recipe's optimiser): ``epochs``
+    passes, or exactly ``steps`` steps when given (how fine-tuning is matched to MAMF's budget)."""
     generator = torch.Generator().manual_seed(seed)
     batches = minibatches(len(labels), batch_size, generator)
-    steps = epochs * math.ceil(len(labels) / batch_size)
+    steps = epochs * math.ceil(len(labels) / batch_size) if steps is None else steps
     model.train()
 
     def step_loss(_: int) -> torch.Tensor:
@@ -83,6 +85,32 @@ def fine_tune(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
 
     return train(model.parameters(), step_loss, steps, lr, optimizer="adam", cosine=False,
                  device=next(model.parameters()).device, progress=progress)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a meta-training run costs: optimiser steps and images passed through the model."""
+
+    steps: int
+    images: int
+
+
+def mamf_budget(train_set: ImageDataset, n_way: int, epochs: int, batch_size: int, seed: int) -> Budget:
+    """MAMF's steps and images on ``train_set`` at ``n_way`` with ``seed`` (the tasks :func:`meta_train` draws).
+
+    A task of ``m`` images takes ``epochs * ceil(m / batch)`` steps and passes ``epochs * m`` images.
+    Fine-tuning given the same number of steps with a batch of ``images / steps`` sees the same images:
+    the only difference left is the one the paper names, how the classes of each batch are sampled.
+    """
+    counts = np.bincount(train_set.labels, minlength=train_set.num_classes)
+    sizes = [int(counts[task].sum()) for task in mamf_tasks(train_set, n_way, seed)]
+    return Budget(steps=sum(epochs * math.ceil(m / batch_size) for m in sizes), images=epochs * sum(sizes))
+
+
+def mamf_tasks(train_set: ImageDataset, n_way: int, seed: int) -> list[list[int]]:
+    """The ``K(n)`` uniform ``n``-class tasks MAMF and FOMAML meta-train on, drawn with ``seed``."""
+    num_classes = train_set.num_classes
+    return sample_tasks(num_classes, n_way, task_count(n_way, num_classes), np.random.default_rng(seed))
 
 
 def fomaml_task_update(model: torch.nn.Module, loss_fn: Callable, support: Sequence, query: Sequence,
@@ -120,12 +148,14 @@ def reset_projections(model: torch.nn.Module, seed: int) -> None:
 
 def meta_train(clip: Clip, train_set: ImageDataset, strategy: str, n_way: int, epochs: int = 1, lr: float = 1e-5,
                inner_lr: float = 1e-3, inner_steps: int = 1, batch_size: int = 32, seed: int = 1,
-               random_heads: bool = False, freeze_text: bool = False, progress: bool = True) -> Clip:
+               steps: int | None = None, random_heads: bool = False, freeze_text: bool = False,
+               progress: bool = True) -> Clip:
     """Starting weights for meta-test by ``strategy`` (one of ``STRATEGIES``) on ``train_set``.
 
     Returns a new :class:`Clip` (the input is not modified). ``epochs`` are per task for MAMF and
-    FOMAML (the official code runs 8 per task) and over all data for fine-tuning. FOMAML takes
-    ``inner_steps`` SGD steps of ``inner_lr`` on random support-half batches of each task.
+    FOMAML (the official code runs 8 per task) and over all data for fine-tuning, unless ``steps``
+    fixes fine-tuning's step count (see :func:`mamf_budget`). FOMAML takes ``inner_steps`` SGD steps
+    of ``inner_lr`` on random support-half batches of each task.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
@@ -138,12 +168,11 @@ def meta_train(clip: Clip, train_set: ImageDataset, strategy: str, n_way: int, e
                 p.requires_grad_(False)
     images, labels = preprocess_images(clip, train_set), torch.as_tensor(train_set.labels)
     tokens = prompt_tokens(clip, train_set)
-    rng = np.random.default_rng(seed)
     if strategy == "finetune":
-        fine_tune(model, images, labels, tokens, epochs, lr, batch_size, seed, progress)
+        fine_tune(model, images, labels, tokens, epochs, lr, batch_size, seed, steps=steps, progress=progress)
     else:
-        tasks = sample_tasks(train_set.num_classes, n_way, task_count(n_way, train_set.num_classes), rng)
-        outer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr) if strategy == "fomaml" else None
+        outer = make_optimizer(model.parameters(), "adam", lr) if strategy == "fomaml" else None
+        tasks = mamf_tasks(train_set, n_way, seed)
         for i, task in enumerate(tqdm(tasks, desc=f"{strategy} {train_set.name} n={n_way}", disable=not progress, leave=False)):
             idx = torch.as_tensor(np.flatnonzero(np.isin(train_set.labels, task)))
             if strategy == "mamf":  # a fresh optimiser per task, as the official code does
@@ -160,6 +189,56 @@ def meta_train(clip: Clip, train_set: ImageDataset, strategy: str, n_way: int, e
                                    support, query, inner_lr, outer)
     model.eval()
     return replace(clip, model=model, pretrained=f"{clip.pretrained}+{strategy}")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way to spend the meta-training data, as the comparison runs it.
+
+    ``matched`` fine-tuning takes MAMF's steps and images at the same ``n`` (:func:`mamf_budget`);
+    ``per_n`` is False for an arm whose training does not depend on ``n`` (one-epoch fine-tuning).
+    """
+
+    strategy: str
+    random_heads: bool = False
+    matched: bool = False
+    per_n: bool = True
+
+
+ARMS = {
+    "fine-tuning": Arm("finetune", matched=True),
+    "fine-tuning (1 epoch)": Arm("finetune", per_n=False),
+    "FOMAML": Arm("fomaml"),
+    "MAMF": Arm("mamf"),
+    "MAMF (random heads)": Arm("mamf", random_heads=True),
+}
+
+
+def train_arm(clip: Clip, train_set: ImageDataset, arm: str, n_way: int, lr: float, seed: int, epochs: int = 1,
+              inner_lr: float = 1e-3, inner_steps: int = 1, batch_size: int = 32) -> tuple[Clip, Budget]:
+    """Meta-train one of ``ARMS`` and say what it cost. One-epoch fine-tuning always runs 1 epoch."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; allowed: {', '.join(ARMS)}")
+    spec = ARMS[arm]
+    common = dict(lr=lr, inner_lr=inner_lr, inner_steps=inner_steps, seed=seed, random_heads=spec.random_heads, progress=False)
+    if spec.matched:
+        budget = mamf_budget(train_set, n_way, epochs, batch_size, seed)
+        batch = max(1, round(budget.images / budget.steps))
+        start = meta_train(clip, train_set, spec.strategy, n_way, batch_size=batch, steps=budget.steps, **common)
+        return start, Budget(budget.steps, budget.steps * batch)
+    if spec.strategy == "finetune":
+        start = meta_train(clip, train_set, spec.strategy, n_way, epochs=1, batch_size=batch_size, **common)
+        return start, Budget(math.ceil(len(train_set) / batch_size), len(train_set))
+    start = meta_train(clip, train_set, spec.strategy, n_way, epochs=epochs, batch_size=batch_size, **common)
+    if spec.strategy == "mamf":
+        return start, mamf_budget(train_set, n_way, epochs, batch_size, seed)
+    steps = images = 0  # FOMAML: inner steps on a support-half batch, outer steps over the query half
+    for task in mamf_tasks(train_set, n_way, seed):
+        size = int(np.isin(train_set.labels, task).sum())
+        support, query = size // 2, size - size // 2
+        steps += epochs * (inner_steps + math.ceil(query / batch_size))
+        images += epochs * (inner_steps * min(batch_size, support) + query)
+    return start, Budget(steps, images)
 
 
 class PromptFineTune(Method):
@@ -197,32 +276,47 @@ class PromptFineTune(Method):
 
 
 def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int], shots: int, tasks: int,
-                       seeds: Sequence[int], epochs: int, lr: float, inner_lr: float, inner_steps: int,
-                       adapt_epochs: int, train_per_class: int, queries: int = 8, random_heads: bool = False,
-                       progress: bool = True):
-    """The paper's comparison: zero-shot, fine-tuning, FOMAML and MAMF on ``tasks`` test episodes per
-    (dataset, n-way, seed); the same episodes for every method, so differences are paired.
+                       seeds: Sequence[int], settings: dict[str, Sequence[tuple[float, int]]], split: str = "test",
+                       epochs: int = 1, inner_lr: float = 1e-3, inner_steps: int = 1, train_per_class: int = 8,
+                       queries: int = 8, progress: bool = True) -> pd.DataFrame:
+    """The paper's comparison: zero-shot CLIP and each arm of ``settings`` on ``tasks`` episodes per
+    (dataset, n-way, seed), the same episodes for every arm, so differences are paired.
 
-    Meta-training uses ``train_per_class`` images per class of each dataset's train split (drawn by
-    seed); test episodes draw ``shots`` support and
-    ``queries`` query images per class from its test split (held-out images of the same classes,
-    as in the official code, notes §4). Returns a tidy DataFrame (one row per method and episode).
+    ``settings`` maps an arm of :data:`ARMS` to the ``(lr, adapt_epochs)`` pairs to run: the meta-training
+    LR (also the test-time LR) and the epochs of test-time fine-tuning on each support set (0 = none).
+    Meta-training uses ``train_per_class`` images per class of the train split (drawn by seed); episodes
+    draw ``shots`` support and ``queries`` query images per class from ``split`` ("val" to choose
+    settings, "test" to report): held-out images of the same classes, as in the official code (notes §4).
+    Returns one row per (dataset, n_way, seed, method, lr, adapt_epochs, task) with the accuracy and the
+    arm's meta-training ``steps`` and ``images``.
     """
+    unknown = sorted(set(settings) - set(ARMS))
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; allowed: {', '.join(ARMS)}")
     rows = []
-    jobs = [(name, seed) for name in datasets for seed in seeds]
-    for name, seed in tqdm(jobs, desc="datasets x seeds", disable=not progress):
-        train_set, test_set = few_shot(load_dataset(name, "train"), train_per_class, seed), load_dataset(name, "test")
-        common = dict(epochs=epochs, lr=lr, batch_size=32, seed=seed, random_heads=random_heads, progress=False)
-        finetuned = meta_train(clip, train_set, "finetune", n_way=2, **common)
+    for name, seed in tqdm([(d, s) for d in datasets for s in seeds], desc=f"{split}: datasets x seeds", disable=not progress):
+        train_set, eval_set = few_shot(load_dataset(name, "train"), train_per_class, seed), load_dataset(name, split)
+        trained: dict[tuple, tuple[Clip, Budget]] = {}
         for n in n_ways:
-            starts = {"zero-shot": clip, "fine-tuning": finetuned,
-                      "FOMAML": meta_train(clip, train_set, "fomaml", n, inner_lr=inner_lr, inner_steps=inner_steps, **common),
-                      "MAMF": meta_train(clip, train_set, "mamf", n, **common)}
-            sampler = EpisodeSampler([test_set], n, shots, queries, seed=seed)
+            sampler = EpisodeSampler([eval_set], n, shots, queries, seed=seed)
             episodes = [sampler.sample() for _ in range(tasks)]
-            for method, start in starts.items():
-                epochs_here = 0 if method == "zero-shot" else adapt_epochs
-                accs = episode_accuracies(lambda: PromptFineTune(start, epochs_here, lr, seed=seed), episodes, progress=False)
-                rows += [{"dataset": name, "n_way": n, "seed": seed, "method": method, "task": t, "accuracy": a}
-                         for t, a in enumerate(accs)]
+            runs = [("zero-shot", clip, Budget(0, 0), 0.0, 0)]
+            for arm, pairs in settings.items():
+                for lr, adapt_epochs in pairs:
+                    key = (arm, lr, n if ARMS[arm].per_n else None)
+                    if key not in trained:
+                        trained[key] = train_arm(clip, train_set, arm, n, lr, seed, epochs, inner_lr, inner_steps)
+                    runs.append((arm, *trained[key], lr, adapt_epochs))
+            for method, start, budget, lr, adapt_epochs in runs:
+                accs = episode_accuracies(lambda: PromptFineTune(start, adapt_epochs, lr, seed=seed), episodes, progress=False)
+                rows += [{"dataset": name, "n_way": n, "seed": seed, "method": method, "lr": lr, "adapt_epochs": adapt_epochs,
+                          "steps": budget.steps, "images": budget.images, "task": t, "accuracy": a} for t, a in enumerate(accs)]
     return pd.DataFrame(rows)
+
+
+def choose_settings(validation: pd.DataFrame) -> dict[str, tuple[float, int]]:
+    """Each arm's ``(lr, adapt_epochs)`` with the best mean validation accuracy over datasets, ``n``,
+    seeds and episodes (the first in grid order on ties). Every arm is chosen from the same grid."""
+    means = validation.groupby(["method", "lr", "adapt_epochs"], sort=False).accuracy.mean()
+    best = {arm: means.loc[arm].idxmax() for arm in validation.method.unique() if arm != "zero-shot"}
+    return {arm: (float(lr), int(adapt_epochs)) for arm, (lr, adapt_epochs) in best.items()}
