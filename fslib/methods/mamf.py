@@ -102,8 +102,7 @@ def mamf_budget(train_set: ImageDataset, n_way: int, epochs: int, batch_size: in
     Fine-tuning given the same number of steps with a batch of ``images / steps`` sees the same images:
     the only difference left is the one the paper names, how the classes of each batch are sampled.
     """
-    counts = np.bincount(train_set.labels, minlength=train_set.num_classes)
-    sizes = [int(counts[task].sum()) for task in mamf_tasks(train_set, n_way, seed)]
+    sizes = task_sizes(train_set, n_way, seed)
     return Budget(steps=sum(epochs * math.ceil(m / batch_size) for m in sizes), images=epochs * sum(sizes))
 
 
@@ -111,6 +110,12 @@ def mamf_tasks(train_set: ImageDataset, n_way: int, seed: int) -> list[list[int]
     """The ``K(n)`` uniform ``n``-class tasks MAMF and FOMAML meta-train on, drawn with ``seed``."""
     num_classes = train_set.num_classes
     return sample_tasks(num_classes, n_way, task_count(n_way, num_classes), np.random.default_rng(seed))
+
+
+def task_sizes(train_set: ImageDataset, n_way: int, seed: int) -> list[int]:
+    """Training images in each of :func:`mamf_tasks`' tasks: what the MAMF and FOMAML budgets count."""
+    counts = np.bincount(train_set.labels, minlength=train_set.num_classes)
+    return [int(counts[task].sum()) for task in mamf_tasks(train_set, n_way, seed)]
 
 
 def fomaml_task_update(model: torch.nn.Module, loss_fn: Callable, support: Sequence, query: Sequence,
@@ -233,8 +238,7 @@ def train_arm(clip: Clip, train_set: ImageDataset, arm: str, n_way: int, lr: flo
     if spec.strategy == "mamf":
         return start, mamf_budget(train_set, n_way, epochs, batch_size, seed)
     steps = images = 0  # FOMAML: inner steps on a support-half batch, outer steps over the query half
-    for task in mamf_tasks(train_set, n_way, seed):
-        size = int(np.isin(train_set.labels, task).sum())
+    for size in task_sizes(train_set, n_way, seed):
         support, query = size // 2, size - size // 2
         steps += epochs * (inner_steps + math.ceil(query / batch_size))
         images += epochs * (inner_steps * min(batch_size, support) + query)
