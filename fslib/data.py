@@ -68,6 +68,7 @@ class ImageDataset:
     # a subset remembers the full dataset and its indices there, so features are encoded once for all subsets
     parent: "ImageDataset | None" = field(default=None, repr=False)
     parent_indices: np.ndarray | None = field(default=None, repr=False)
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -107,7 +108,11 @@ class ImageDataset:
                        source_id=f"{self.source_id}|subset:{digest}", parent=root, parent_indices=root_indices)
 
     def fingerprint(self) -> str:
-        """A content hash of images, labels and class names: the dataset part of the cache key."""
+        """A content hash of images, labels and class names: the dataset part of the cache key. Computed once
+        per object (hashing a split's pixels takes milliseconds and every episode asks for it); a changed
+        dataset is a new object (:meth:`subset`, ``dataclasses.replace``)."""
+        if self._fingerprint is not None:
+            return self._fingerprint
         h = hashlib.sha1()
         h.update(json.dumps([self.name, self.split, self.classnames]).encode())
         h.update(self.labels.tobytes())
@@ -119,7 +124,8 @@ class ImageDataset:
                 h.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         else:
             h.update(self.source_id.encode())
-        return h.hexdigest()
+        self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
 
 # ---------------------------------------------------------------------------------------------

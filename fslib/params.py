@@ -28,6 +28,15 @@ def positive_int(name: str, value: Any) -> int:
     return value
 
 
+def positive_int_or_all(name: str, value: Any) -> int | None:
+    """A count of (last) blocks, or ``"all"`` for the whole tower (returned as ``None``)."""
+    if value == "all":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is not allowed; allowed: a positive integer or 'all'")
+    return value
+
+
 def non_negative_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= 0")

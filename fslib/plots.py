@@ -211,6 +211,22 @@ def tradeoff(results: "pd.DataFrame") -> plt.Figure:
     return fig
 
 
+def learning_curves(curves: "pd.DataFrame") -> plt.Figure:
+    """Validation accuracy over meta-training tasks, one panel per domain, one line per variant; bands are
+    95% CIs over seeds (columns ``variant``, ``tasks``, ``domain``, ``accuracy``, ``seed``)."""
+    domains = list(dict.fromkeys(curves["domain"]))
+    fig, axes = plt.subplots(1, len(domains), figsize=(5 * len(domains), 3.6), squeeze=False)
+    summary = summarise(curves, ["domain", "variant", "tasks"])
+    for ax, domain in zip(axes[0], domains):
+        for colour, (variant, rows) in zip(sns.color_palette(), summary[summary["domain"] == domain].groupby("variant", sort=False)):
+            ax.plot(rows["tasks"], rows["mean"], marker="o", ms=3, color=colour, label=variant)
+            ax.fill_between(rows["tasks"], rows["mean"] - rows["ci95"], rows["mean"] + rows["ci95"], color=colour, alpha=0.2)
+        ax.set(title=f"{domain} (validation episodes)", xlabel="meta-training tasks", ylabel="accuracy (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def expert_heatmaps(usage: np.ndarray, datasets: Sequence[str], overlap: np.ndarray) -> plt.Figure:
     """Expert-by-dataset router weights, and the experts' mask-overlap matrix."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.35 * len(datasets) + 2.2))

@@ -180,3 +180,10 @@ def test_boolean_and_single_dataset_parameters():
     assert params.dataset_name("dg_source", "shapes") == "shapes"
     with pytest.raises(ValueError, match="give exactly one dataset"):
         params.dataset_name("dg_source", "shapes,textures")
+
+
+def test_block_count_or_all():
+    assert params.positive_int_or_all("expert_blocks", "all") is None
+    assert params.positive_int_or_all("expert_blocks", 2) == 2
+    with pytest.raises(ValueError, match="expert_blocks=0 is not allowed; allowed: a positive integer or 'all'"):
+        params.positive_int_or_all("expert_blocks", 0)

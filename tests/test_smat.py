@@ -2,10 +2,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fslib.features import preprocess_images
 from fslib.fewshot import EpisodeSampler
-from fslib.methods.smat import SMAT, SparseInterpolatedExperts, _episode_tensors, hard_concrete, meta_train
+from fslib.methods.smat import (SMAT, ExpertRegion, SparseInterpolatedExperts, hard_concrete, make_benchmark, meta_train,
+                                novel_class_split, task_tensors)
 from tests.conftest import make_dataset
 
 
@@ -14,33 +16,45 @@ def episode(random_clip):
     return EpisodeSampler([make_dataset(4, 6)], n_way=3, k_shot=2, q_query=2, seed=0).sample()
 
 
-def test_hard_concrete_bounds_and_test_value():
+def test_hard_concrete_is_deterministic_and_stretched():
     log_alpha = torch.tensor([-10.0, 0.0, 10.0])
     assert torch.equal(hard_concrete(log_alpha, False), torch.tensor([0.0, 0.5 * 1.2 - 0.1, 1.0]))
-    sample = hard_concrete(torch.zeros(1000), True)
-    assert sample.min() >= 0 and sample.max() <= 1 and ((sample == 0) | (sample == 1)).any()
+    # training uses the official u = 0.5 sample at β = 2/3: an entry at log α = -2 is closed in training
+    # (σ(-3) · 1.2 - 0.1 < 0) but still open at test (σ(-2) · 1.2 - 0.1 > 0)
+    assert torch.equal(hard_concrete(log_alpha, True), hard_concrete(log_alpha, True))
+    assert hard_concrete(torch.tensor(-2.0), True) == 0 and hard_concrete(torch.tensor(-2.0), False) > 0
 
 
-def test_all_masks_zero_gives_exactly_the_pretrained_tower(random_clip, episode):
+@pytest.mark.parametrize("blocks", [None, 1, 2])
+def test_expert_region_from_cached_tokens_matches_the_whole_tower(random_clip, episode, blocks):
+    """The cached trunk and the class-token-only last block give open_clip's own features."""
+    region = ExpertRegion(random_clip, blocks)
+    with torch.no_grad():
+        ours = region.features(region.pretrained(), region.inputs(episode.query))
+        reference = F.normalize(random_clip.model.encode_image(preprocess_images(random_clip, episode.query)), dim=-1)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-4)
+    assert len(region.pretrained()) == sum(math.prod(s) for s in region.shapes)
+
+
+def test_expert_region_rejects_a_bad_block_count(random_clip):
+    with pytest.raises(ValueError, match="blocks=7 must be None .* or in 1..6"):
+        ExpertRegion(random_clip, 7)
+
+
+def test_all_masks_closed_gives_exactly_the_pretrained_tower(random_clip):
     experts = SparseInterpolatedExperts(random_clip, "learned", num_experts=3)
     with torch.no_grad():
-        for d in experts.delta:
-            d.normal_()
-        for la in experts.log_alpha:
-            la.fill_(math.log(0.01))  # the lower clamp: every gate is exactly 0
-    params = experts.task_params(torch.tensor([0.2, 0.3, 0.5]), training=False)
-    assert all(torch.equal(params[k], v) for k, v in experts.pre.items())
-    pixels = preprocess_images(random_clip, episode.query)
-    with torch.no_grad():
-        torch.testing.assert_close(experts.features(params, pixels),
-                                   torch.nn.functional.normalize(random_clip.model.encode_image(pixels), dim=-1))
+        experts.delta.normal_()
+        experts.log_alpha.fill_(math.log(0.01))  # the lower clamp: every gate is exactly 0
+    assert torch.equal(experts.task_params(torch.tensor([0.2, 0.3, 0.5])), experts.pre)
+    assert experts.density().max() == 0 and experts.density(merged=True) == 0
 
 
 def test_router_output_is_a_distribution(random_clip, episode):
     experts = SparseInterpolatedExperts(random_clip, "learned", num_experts=4)
-    x_s, y_s, *_ = _episode_tensors(random_clip, episode)
+    task = task_tensors(experts.region, episode)
     for training in (True, False):
-        alpha, logits = experts.gates(x_s, y_s, 3, training)
+        alpha, logits = experts.gates(task.support_pre, task.support_labels, 3, training)
         assert alpha.shape == (4,) and (alpha >= 0).all() and alpha.sum().item() == pytest.approx(1, abs=1e-5)
     assert {"router.skills", "router.keys"} <= {n for n, _ in experts.named_parameters()}
 
@@ -48,41 +62,56 @@ def test_router_output_is_a_distribution(random_clip, episode):
 def test_gradients_reach_delta_masks_and_router(random_clip, episode):
     experts = SparseInterpolatedExperts(random_clip, "learned", num_experts=2)
     with torch.no_grad():
-        for d in experts.delta:
-            d.normal_(std=1e-3)  # at θ_δ = 0 the masks get no task gradient yet (notes §2.3)
-    loss = experts.task_loss(*_episode_tensors(random_clip, episode), inner_lr=1e-3, teacher_lr=5e-3,
-                             teacher_steps=1, kd_weight=0.25, kd_temperature=2.0)
-    loss.backward()
-    assert any(d.grad is not None and d.grad.abs().sum() > 0 for d in experts.delta)
-    assert any(la.grad is not None and la.grad.abs().sum() > 0 for la in experts.log_alpha)
+        experts.delta.normal_(std=1e-3)  # at θ_δ = 0 the masks get no task gradient yet (notes §2.3)
+    task = task_tensors(experts.region, episode)
+    experts.meta_batch_loss([task, task], inner_lr=1e-3, teacher_lr=5e-3, kd_weight=0.25, kd_temperature=2.0,
+                            pretrained_teacher=True).backward()
+    assert experts.delta.grad.abs().sum() > 0 and experts.log_alpha.grad.abs().sum() > 0
     assert experts.router.skills.grad.abs().sum() > 0 and experts.router.keys.grad.abs().sum() > 0
 
 
-def test_sparsity_constraint_reaches_tau_on_a_toy_run(random_clip):
-    experts = SparseInterpolatedExperts(random_clip, "learned", num_experts=2, sparsity=0.9)
-    optimizer = torch.optim.SGD(experts.log_alpha.parameters(), lr=1e6)
-    assert experts.expert_sparsity().max() < 0.5
-    for _ in range(60):
-        optimizer.zero_grad()
-        (experts.lagrange * (experts.expert_density() - 0.1)).sum().backward()
-        optimizer.step()
-        experts.update_lagrange(1.0)
-    assert (experts.expert_density() <= 0.1 + 1e-3).all()
-    assert (experts.expert_sparsity() >= 0.9).all()
+@pytest.mark.parametrize("tau", [0.5, 0.9])
+def test_realised_test_time_sparsity_lands_near_tau(random_clip, tau):
+    """The constraint binds what the test uses: the share of entries open at test, per expert."""
+    episodes = [EpisodeSampler([make_dataset(4, 6, seed=s)], 3, 2, 2, seed=s).sample() for s in range(8)] * 25
+    experts = meta_train(random_clip, episodes, "learned", num_experts=2, sparsity=tau, progress=False)
+    realised = 1 - experts.density()
+    assert experts.tasks_seen == 200 and (realised - tau).abs().max() <= 0.03, realised
 
 
 @pytest.mark.parametrize("how", ["random", "magnitude"])
-def test_hand_designed_masks_have_the_asked_sparsity(random_clip, how):
-    experts = SparseInterpolatedExperts(random_clip, how, sparsity=0.8)
-    zeros = sum((m == 0).sum().item() for m in experts.fixed_masks) / sum(m.numel() for m in experts.fixed_masks)
-    assert zeros == pytest.approx(0.8, abs=0.01)
+def test_hand_designed_masks_match_the_asked_merged_density(random_clip, how):
+    experts = SparseInterpolatedExperts(random_clip, how, num_experts=4, density=0.2)
+    assert float(experts.density(merged=True)) == pytest.approx(0.2, abs=0.01)
+    assert experts.fixed_masks.shape == (len(experts.pre), 4)
+    with pytest.raises(ValueError, match="needs a density in \\(0, 1\\]"):
+        SparseInterpolatedExperts(random_clip, how)
 
 
 def test_meta_train_and_test_time_use(random_clip, episode):
     experts = meta_train(random_clip, [episode] * 4, masks="learned", num_experts=2, meta_batch=2, progress=False)
-    assert experts.tasks_seen == 4 and any(d.abs().sum() > 0 for d in experts.delta)
+    assert experts.tasks_seen == 4 and experts.delta.abs().sum() > 0
     for finetune in ("none", "full", "lora"):
         logits = SMAT(random_clip, experts, finetune=finetune, steps=2).fit(episode.support).logits(episode.query)
         assert logits.shape == (len(episode.query), 3) and torch.isfinite(logits).all()
+    untouched = SMAT(random_clip, experts).fit(episode.support).logits(episode.query)
+    zero_lr = SMAT(random_clip, experts, finetune="full", lr=0.0).fit(episode.support).logits(episode.query)
+    assert torch.equal(untouched, zero_lr)  # lr = 0 is "no fine-tuning", as in the official grid
     with pytest.raises(ValueError, match="unknown masks 'soft'; allowed: learned, dense"):
         SparseInterpolatedExperts(random_clip, "soft")
+
+
+def test_novel_class_split_is_disjoint_and_checked():
+    base, novel = novel_class_split(12, 5, 5)
+    assert base == list(range(7)) and novel == list(range(7, 12))
+    with pytest.raises(ValueError, match=r"novel=8 classes must leave n_way=5 .* \(allowed: 5..5\)"):
+        novel_class_split(10, 8, 5)
+
+
+def test_benchmark_tests_in_distribution_on_novel_classes_only():
+    bench = make_benchmark(["shapes"], ["counting"], n_way=5, shots=1, queries=2, train_tasks=20, test_tasks=3, val_tasks=2,
+                           novel=5, seed=0)
+    seen = {name for ep in bench.train for name in ep.support.classnames}
+    tested = {name for ep in bench.test["shapes"] for name in ep.support.classnames}
+    assert seen and tested and not seen & tested
+    assert len(bench.test["counting"]) == 3 and bench.domain("counting") == "OOD" and bench.domain("shapes") == "ID"

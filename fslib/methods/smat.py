@@ -9,30 +9,38 @@ experts into task weights (paper overview figure; notes §2.1, §2.5)
 applied functionally (``torch.func.functional_call``), so the frozen tower is never modified.
 
 * Masks (notes §2.3): hard-concrete gates (Louizos et al., 2018; β = 2/3, ζ = 1.1, γ = -0.1) on
-  per-element ``log α``, with uniform noise in training (the paper's relaxation; the official code's
-  noise band is ±1e-6) and ``σ(log α)`` at test. Each expert must keep a share of zeros ≥ τ: its
-  expected L0 density ``mean σ(log α + β ln(-γ/ζ))`` ≤ 1 - τ, enforced by a Lagrange multiplier
-  ``λ_m ≥ 0`` raised by dual ascent while the constraint is violated.
+  per-element ``log α``. As in the official code the training masks are near-deterministic (its
+  uniform noise is 0.5 ± 1e-6, i.e. none) and the mask learning rate is 1e6, which drives ``log α``
+  to its clamp bounds, so the masks end up binary.
+* Sparsity constraint (notes §2.6): each expert must keep a share of zeros ≥ τ. Its Lagrange
+  multiplier ``λ_m`` rises by dual ascent on the *measured* density (the share of entries open at test,
+  weighted by the expert's mean gate α_m) and is reset to 0 once the constraint holds; the gradient
+  reaches ``log α`` through the expected-L0 surrogate ``σ(log α - β ln(-γ/ζ))``, weighted by λ_m α_m.
+  Every τ < 1 is feasible, since closed entries count as exact zeros.
 * Router (notes §2.4): support-set class prototypes from the frozen tower, plus 4 learnable skill
   tokens, through one transformer block (spectral norm on its linear layers); output token 0 times
   learnable expert keys gives logits ``a``; gates are relaxed Bernoulli with an annealed temperature
-  (5 → 0.5), normalised to sum to one. Keys and skill tokens are registered parameters (the
-  official code drops them from the optimiser, a known bug).
+  (5 → 0.5), normalised to sum to one.
 * Meta-training step (notes §2.6), first order: one inner SGD step on the support set (ProtoNet
-  head, cosine × 10), query cross-entropy at the adapted weights, plus distillation from a dense
-  task teacher: ``teacher_steps`` SGD steps on the query set from the adapted weights, KL at T = 2
-  (standard teacher→student direction; the code's reverse direction is unconfirmed in the paper).
+  head, cosine × 10), query cross-entropy at the adapted weights, plus distillation (T = 2) from a
+  dense task teacher (one SGD step on the query set from the adapted weights) and, as in the official
+  code, from the pretrained tower's ProtoNet predictions (an anchor towards θ_pre).
 * Test (notes §2.8): (a) no fine-tuning, a cosine nearest-prototype classifier on ``θ_i``;
-  (b) a few AdamW steps on the support set from ``θ_i``, all weights or LoRA on attention q/v.
+  (b) a few AdamW steps on the support set from ``θ_i``, all expert weights or LoRA on attention q/v.
 
-``masks`` switches the baselines of the same harness: ``"learned"`` (SMAT), ``"dense"`` (dense
-meta-tuning, ``θ_pre + θ_δ``), ``"random"`` / ``"magnitude"`` (one hand-designed binary mask at the
-same sparsity τ), and ``"none"`` (ProtoNet on the pretrained tower, PMF-style without meta-tuning).
+**Departure for scale: a cached frozen trunk.** :class:`ExpertRegion` puts the experts on the last
+``blocks`` residual blocks (plus the final LayerNorm and projection); the tokens entering them are
+computed once per image and cached, and only the expert blocks run per task. The last block is run for
+the class token alone (the only token the pooled feature reads), with the attention's key and value
+projections folded into the query, which gives the same numbers as the full block at a fraction of the
+cost. ``blocks=None`` keeps the whole tower (the paper's setting, for GPU users).
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,9 +52,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 from tqdm.auto import tqdm
 
 from fslib.data import ImageDataset, load_dataset
-from fslib.evaluation import evaluate
 from fslib.features import preprocess_images
-from fslib.fewshot import Episode, EpisodeSampler
+from fslib.fewshot import Episode, EpisodeSampler, fixed_test_sample, restrict_classes
 from fslib.methods.base import Images, Method
 from fslib.models import Clip
 
@@ -54,26 +61,24 @@ MASK_MODES = ("learned", "dense", "random", "magnitude", "none")
 FINETUNE_MODES = ("none", "full", "lora")
 COSINE_SCALE = 10.0  # PMF / SMAT's cosine classifier scale
 BETA, ZETA, GAMMA = 2 / 3, 1.1, -0.1  # hard-concrete constants (Louizos et al., 2018)
+LOG_ALPHA_RANGE = (math.log(0.01), math.log(100))  # the official clamp
 
 
 def hard_concrete(log_alpha: torch.Tensor, training: bool) -> torch.Tensor:
-    """Stretched, clamped hard-concrete sample (training) or its noiseless value (test) in [0, 1]."""
-    if training:
-        u = torch.rand_like(log_alpha).clamp(1e-6, 1 - 1e-6)
-        s = torch.sigmoid((u.log() - (1 - u).log() + log_alpha) / BETA)
-    else:
-        s = torch.sigmoid(log_alpha)
+    """Stretched, clamped hard-concrete gate in [0, 1]: ``σ(log α / β)`` in training (the official
+    near-deterministic sample, u = 0.5) and ``σ(log α)`` at test, then ``clamp(s (ζ - γ) + γ, 0, 1)``."""
+    s = torch.sigmoid(log_alpha / BETA) if training else torch.sigmoid(log_alpha)
     return (s * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
 
 
 def expected_density(log_alpha: torch.Tensor) -> torch.Tensor:
-    """P(z ≠ 0) per element: the expected-L0 surrogate, ``σ(log α - β ln(-γ/ζ))``."""
+    """P(z ≠ 0) per element under the relaxation: the expected-L0 surrogate, ``σ(log α - β ln(-γ/ζ))``."""
     return torch.sigmoid(log_alpha - BETA * math.log(-GAMMA / ZETA))
 
 
 def prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Class means of (normalised) features: (C, D)."""
-    one_hot = F.one_hot(labels, num_classes).float()
+    one_hot = F.one_hot(labels, num_classes).to(features.dtype)
     return (one_hot.T @ features) / one_hot.sum(0)[:, None]
 
 
@@ -81,6 +86,158 @@ def cosine_logits(features: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     return COSINE_SCALE * F.normalize(features, dim=-1) @ F.normalize(protos, dim=-1).T
 
 
+# -- where the experts live ------------------------------------------------------------------------
+def _sub(params: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def class_token_attention(attn: nn.MultiheadAttention, params: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """Multi-head self-attention output for token 0 only, (B, W), from normalised tokens (B, T, W).
+
+    The score of token t is ``q_h · (W_k,h x_t + b_k,h)``; its bias term is the same for every t, so the
+    softmax drops it, and ``q_h · W_k,h x_t = (W_k,hᵀ q_h) · x_t``. Likewise ``Σ_t a_t (W_v x_t + b_v) =
+    W_v (Σ_t a_t x_t) + b_v``. So no key or value is projected: O(T·W) per head instead of O(T·W²).
+    """
+    heads, width = attn.num_heads, tokens.shape[-1]
+    head_dim = width // heads
+    w_q, w_k, w_v = params["in_proj_weight"].chunk(3)
+    bias = params.get("in_proj_bias")
+    b_q, b_v = (bias.chunk(3)[0], bias.chunk(3)[2]) if bias is not None else (0.0, 0.0)
+    query = (tokens[:, 0] @ w_q.T + b_q).view(-1, heads, head_dim) / math.sqrt(head_dim)
+    key_query = torch.einsum("bhd,hdw->bhw", query, w_k.view(heads, head_dim, width))
+    weights = torch.softmax(torch.einsum("bhw,btw->bht", key_query, tokens), dim=-1)
+    context = torch.einsum("bht,btw->bhw", weights, tokens)
+    values = torch.einsum("bhw,hdw->bhd", context, w_v.view(heads, head_dim, width))
+    values = values + (b_v.view(heads, head_dim) if bias is not None else 0.0)
+    out = values.reshape(-1, width) @ params["out_proj.weight"].T
+    return out + params["out_proj.bias"] if "out_proj.bias" in params else out
+
+
+_REGION_INPUTS: dict[str, torch.Tensor] = {}  # this process's cached trunk outputs, shared by every region
+
+
+class ExpertRegion:
+    """The part of the image tower that carries the experts, run from cached inputs.
+
+    ``blocks=k`` puts the experts on the last k residual blocks, the final LayerNorm and the projection;
+    its inputs are the tokens entering block ``L - k``, computed once per image by the frozen trunk.
+    ``blocks=None`` puts them on the whole tower; its inputs are the preprocessed images.
+    """
+
+    def __init__(self, clip: Clip, blocks: int | None = 1):
+        visual = clip.model.visual
+        resblocks = visual.transformer.resblocks
+        if blocks is not None and not 1 <= blocks <= len(resblocks):
+            raise ValueError(f"blocks={blocks} must be None (whole tower) or in 1..{len(resblocks)}")
+        self.clip, self.visual, self.blocks = clip, visual, blocks
+        self.start = 0 if blocks is None else len(resblocks) - blocks
+        prefixes = ("",) if blocks is None else (*(f"transformer.resblocks.{i}." for i in range(self.start, len(resblocks))),
+                                                 "ln_post.", "proj")
+        self.names = [n for n, _ in visual.named_parameters() if n.startswith(prefixes)]
+        if blocks is not None and getattr(visual, "attn_pool", None) is not None:
+            raise ValueError("this tower pools with attention: use blocks=None (experts on the whole tower)")
+        last = resblocks[-1]
+        # the class-token shortcut needs a plain pre-LN block and class-token pooling (open_clip's ViTs)
+        self.class_token_only = (isinstance(last.attn, nn.MultiheadAttention) and isinstance(last.ls_1, nn.Identity)
+                                 and isinstance(last.ls_2, nn.Identity) and not hasattr(last, "ln_attn")
+                                 and getattr(visual, "pool_type", "tok") == "tok")
+        self.shapes = [p.shape for n, p in visual.named_parameters() if n in self.names]
+        self.weights_key = clip.weights_fingerprint()  # the tower is frozen: hash its weights once
+
+    def pretrained(self) -> torch.Tensor:
+        """θ_pre of the region as one flat vector (N,): the experts, θ_δ and the masks live in this layout, so a
+        task's weights take a handful of vector operations instead of a few per tensor."""
+        return torch.cat([p.detach().flatten() for n, p in self.visual.named_parameters() if n in self.names])
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named views of a flat vector (or of its rows, for an (N, M) table), in the tower's shapes."""
+        chunks = flat.split([math.prod(shape) for shape in self.shapes])
+        return {n: c.view(*shape, *flat.shape[1:]) for n, c, shape in zip(self.names, chunks, self.shapes)}
+
+    @torch.no_grad()
+    def inputs(self, dataset: ImageDataset, batch_size: int = 256) -> torch.Tensor:
+        """What enters the region for every image of ``dataset``, on the CPU; computed once per full dataset."""
+        if dataset.parent is not None:
+            return self.inputs(dataset.parent, batch_size)[torch.as_tensor(dataset.parent_indices)]
+        pixels = preprocess_images(self.clip, dataset)
+        if self.blocks is None:
+            return pixels
+        key = f"{self.weights_key}:{dataset.fingerprint()}:{self.start}"
+        if key not in _REGION_INPUTS:
+            chunks = []
+            for batch in pixels.split(batch_size):
+                x = self.visual._embeds(batch.to(self.clip.device))
+                for block in self.visual.transformer.resblocks[:self.start]:
+                    x = self._run_block(block, None, x)
+                chunks.append(x.float().cpu())
+            _REGION_INPUTS[key] = torch.cat(chunks)
+        return _REGION_INPUTS[key]
+
+    @torch.no_grad()
+    def pretrained_features(self, dataset: ImageDataset) -> torch.Tensor:
+        """Features of the frozen tower (θ_pre) for every image of ``dataset``, on the CPU; computed once per
+        full dataset (the router's input and the pretrained teacher read them)."""
+        if dataset.parent is not None:
+            return self.pretrained_features(dataset.parent)[torch.as_tensor(dataset.parent_indices)]
+        key = f"features:{self.weights_key}:{dataset.fingerprint()}:{self.start}"
+        if key not in _REGION_INPUTS:
+            pre = self.pretrained()
+            _REGION_INPUTS[key] = torch.cat([self.features(pre, x).cpu() for x in self.inputs(dataset).split(256)])
+        return _REGION_INPUTS[key]
+
+    def _run_block(self, block: nn.Module, params: dict[str, torch.Tensor] | None, x: torch.Tensor) -> torch.Tensor:
+        """One open_clip residual block on batch-first tokens (transposing for sequence-first models)."""
+        seq_first = not getattr(self.visual.transformer, "batch_first", True)
+        x = x.transpose(0, 1) if seq_first else x
+        x = block(x) if params is None else functional_call(block, params, (x,))
+        return x.transpose(0, 1) if seq_first else x
+
+    def features(self, params: dict[str, torch.Tensor] | torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image features (B, D) of the region at weights ``params``: named tensors or a flat vector."""
+        params = self.unflatten(params) if isinstance(params, torch.Tensor) else params
+        inputs = inputs.to(self.clip.device)
+        if self.blocks is None:
+            return F.normalize(functional_call(self.visual, params, (inputs,)), dim=-1)
+        resblocks = self.visual.transformer.resblocks
+        x = inputs
+        last = len(resblocks) - 1
+        for i in range(self.start, last if self.class_token_only else last + 1):
+            x = self._run_block(resblocks[i], _sub(params, f"transformer.resblocks.{i}."), x)
+        ln_post = lambda t: functional_call(self.visual.ln_post, _sub(params, "ln_post."), (t,))
+        if self.class_token_only:
+            block, p = resblocks[last], _sub(params, f"transformer.resblocks.{last}.")
+            normed = functional_call(block.ln_1, _sub(p, "ln_1."), (x,))
+            cls = x[:, 0] + class_token_attention(block.attn, _sub(p, "attn."), normed)
+            pooled = ln_post(cls + functional_call(block.mlp, _sub(p, "mlp."), (functional_call(block.ln_2, _sub(p, "ln_2."), (cls,)),)))
+        elif getattr(self.visual, "final_ln_after_pool", False):  # open_clip's VisionTransformer._pool, without attention pooling
+            pooled = ln_post(self.visual._global_pool(x)[0])
+        else:
+            pooled = self.visual._global_pool(ln_post(x))[0]
+        return F.normalize(pooled @ params["proj"] if "proj" in params else pooled, dim=-1)
+
+
+@dataclass
+class TaskTensors:
+    """One episode's cached region inputs, labels and θ_pre features, on the model's device."""
+
+    support: torch.Tensor
+    support_labels: torch.Tensor
+    query: torch.Tensor
+    query_labels: torch.Tensor
+    num_classes: int
+    support_pre: torch.Tensor  # θ_pre features, for the router and the pretrained teacher
+    query_pre: torch.Tensor
+
+
+def task_tensors(region: ExpertRegion, episode: Episode) -> TaskTensors:
+    device = region.clip.device
+    labels = lambda part: torch.as_tensor(part.labels, device=device)
+    return TaskTensors(region.inputs(episode.support).to(device), labels(episode.support),
+                       region.inputs(episode.query).to(device), labels(episode.query), len(episode.classes),
+                       region.pretrained_features(episode.support).to(device), region.pretrained_features(episode.query).to(device))
+
+
+# -- router and experts ----------------------------------------------------------------------------
 class Router(nn.Module):
     """Task → gates over experts: prototypes + skill tokens → one transformer block → token 0 → keys."""
 
@@ -112,56 +269,73 @@ def gate_temperature(tasks_seen: int, total_tasks: int) -> float:
 
 
 class SparseInterpolatedExperts(nn.Module):
-    """θ_pre (frozen, shared with the Clip), θ_δ, masks, router and Lagrange multipliers."""
+    """θ_pre (frozen, shared with the Clip), θ_δ, expert masks, router and Lagrange multipliers.
 
-    def __init__(self, clip: Clip, masks: str = "learned", num_experts: int = 8, sparsity: float = 0.9, seed: int = 0):
+    ``masks``: ``"learned"`` (SMAT), ``"random"`` / ``"magnitude"`` (fixed binary expert masks in the same
+    router + M-expert framework, each keeping a share ``density`` of entries: random draws per expert, or the
+    largest |θ_pre| for all), ``"dense"`` (``θ_pre + θ_δ``, no router) and ``"none"`` (θ_pre alone).
+    """
+
+    def __init__(self, clip: Clip, masks: str = "learned", num_experts: int = 8, sparsity: float = 0.9,
+                 seed: int = 0, blocks: int | None = 1, density: float | None = None, region: ExpertRegion | None = None):
         super().__init__()
         if masks not in MASK_MODES:
             raise ValueError(f"unknown masks {masks!r}; allowed: {', '.join(MASK_MODES)}")
         if not 0 <= sparsity < 1:
             raise ValueError(f"sparsity={sparsity} must lie in [0, 1)")
+        if masks in ("random", "magnitude") and not (density and 0 < density <= 1):
+            raise ValueError(f"masks={masks!r} needs a density in (0, 1], got {density!r}")
         self.clip = clip  # a dataclass, not a module: the frozen tower is not a parameter of this module
-        self.mode, self.sparsity, self.num_experts = masks, sparsity, (num_experts if masks == "learned" else 1)
-        self.names = [name for name, _ in self.tower.named_parameters()]
-        # θ_pre: detached views of the tower's weights (functional_call swaps in θ_i, never writes them)
-        self.pre = {name: p.detach() for name, p in self.tower.named_parameters()}
+        self.region = region or ExpertRegion(clip, blocks)
+        self.mode, self.sparsity = masks, sparsity
+        self.num_experts = num_experts if masks in ("learned", "random", "magnitude") else 1
+        self.pre = self.region.pretrained()
         generator = torch.Generator().manual_seed(seed)
-        self.delta = nn.ParameterList([nn.Parameter(torch.zeros_like(p)) for p in self.pre.values()])
-        self.log_alpha = nn.ParameterList()
-        self.fixed_masks: list[torch.Tensor] = []
+        self.delta = nn.Parameter(torch.zeros_like(self.pre))
         if masks == "learned":
-            # official init: log α ~ N(0, 0.5²), expected density ≈ 0.83; the Lagrange multipliers bring each
-            # expert down to 1 - τ (starting closed instead would starve θ_δ of gradient: notes §2.3)
-            self.log_alpha.extend(nn.Parameter(torch.randn(*p.shape, self.num_experts, generator=generator) * 0.5)
-                                  for p in self.pre.values())
-            dim = clip.model.text_projection.shape[1]
-            self.router = Router(dim, self.num_experts)
-            self.register_buffer("lagrange", torch.zeros(self.num_experts))
+            # official init: log α ~ N(0, 0.5²), nearly all entries open; the constraint closes them
+            self.log_alpha = nn.Parameter(torch.randn(len(self.pre), self.num_experts, generator=generator) * 0.5)
         elif masks in ("random", "magnitude"):
-            self.fixed_masks = [self._hand_mask(p, masks, generator) for p in self.pre.values()]
+            self.register_buffer("fixed_masks", self._hand_masks(masks, density, generator))
+        if self.routed:
+            self.router = Router(clip.model.text_projection.shape[1], self.num_experts)
+        self.register_buffer("lagrange", torch.zeros(self.num_experts))
         self.to(clip.device)  # draws above came from the CPU generator, so a seed gives the same experts anywhere
-        self.tasks_seen, self.total_tasks = 0, 1
-
-    def _hand_mask(self, weight: torch.Tensor, how: str, generator: torch.Generator) -> torch.Tensor:
-        """A binary mask with a share τ of zeros: random, or keeping the largest |θ_pre|."""
-        score = torch.rand(weight.shape, generator=generator) if how == "random" else weight.abs().float().cpu()
-        keep = max(1, round((1 - self.sparsity) * weight.numel()))
-        threshold = score.flatten().kthvalue(weight.numel() - keep + 1).values if keep < weight.numel() else -math.inf
-        return (score >= threshold).float().to(weight.device)
+        self.eval()  # meta_train switches to training mode (spectral norm's power iteration) and back
+        self.tasks_seen, self.total_tasks, self.seconds = 0, 1, 0.0
+        self.history: list[dict] = []
 
     @property
-    def tower(self) -> nn.Module:
-        return self.clip.model.visual
+    def routed(self) -> bool:
+        return self.mode in ("learned", "random", "magnitude")
+
+    def _hand_masks(self, how: str, density: float, generator: torch.Generator) -> torch.Tensor:
+        """(N, M) binary masks whose union keeps a share ``density`` of every tensor: independent random masks
+        of density 1 - (1 - density)^(1/M) per expert, or the largest |θ_pre| (the same mask for every expert)."""
+        per_expert = 1 - (1 - density) ** (1 / self.num_experts) if how == "random" else density
+        masks = []
+        for weight in self.region.unflatten(self.pre.cpu()).values():
+            score = weight.abs().float().flatten()
+            keep = max(1, round(per_expert * score.numel()))
+            if how == "random":
+                masks.append(torch.rand(score.numel(), self.num_experts, generator=generator).argsort(0).argsort(0) < keep)
+            else:
+                top = torch.zeros(score.numel(), dtype=torch.bool)
+                top[score.topk(keep).indices] = True
+                masks.append(top[:, None].expand(-1, self.num_experts))
+        return torch.cat(masks).float()
+
+    def masks(self, training: bool) -> torch.Tensor:
+        """Every expert's mask, (N, M)."""
+        return hard_concrete(self.log_alpha, training) if self.mode == "learned" else self.fixed_masks
 
     # -- task weights ------------------------------------------------------------------------------
-    def features(self, params: dict[str, torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(functional_call(self.tower, params, (pixels.to(self.clip.device),)), dim=-1)
+    def features(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        return self.region.features(params, inputs)
 
-    def gates(self, support: torch.Tensor, labels: torch.Tensor, num_classes: int, training: bool):
-        """(α (M,), router logits a (M,)) for one task; the router reads θ_pre prototypes."""
-        with torch.no_grad():
-            protos = prototypes(self.features(self.pre, support), labels, num_classes)
-        logits = self.router(protos)
+    def gates(self, support_pre: torch.Tensor, labels: torch.Tensor, num_classes: int, training: bool):
+        """(α (M,), router logits a (M,)) for one task from its support set's θ_pre features."""
+        logits = self.router(prototypes(support_pre, labels, num_classes))
         temperature = gate_temperature(self.tasks_seen, self.total_tasks) if training else 0.5
         if training:
             gate = torch.distributions.RelaxedBernoulli(torch.tensor(temperature, device=logits.device), logits=logits).rsample()
@@ -169,131 +343,184 @@ class SparseInterpolatedExperts(nn.Module):
             gate = torch.sigmoid(logits / temperature)
         return gate / (gate.sum() + 1e-8), logits
 
-    def task_params(self, alpha: torch.Tensor | None, training: bool) -> dict[str, torch.Tensor]:
-        """θ_i = θ_pre + merged mask ⊙ θ_δ (the merged mask depends on the mode)."""
-        params = {}
-        for i, name in enumerate(self.names):
-            if self.mode == "none":
-                update = torch.zeros_like(self.pre[name])
-            elif self.mode == "dense":
-                update = self.delta[i]
-            elif self.mode == "learned":
-                update = (hard_concrete(self.log_alpha[i], training) @ alpha) * self.delta[i]
-            else:
-                update = self.fixed_masks[i] * self.delta[i]
-            params[name] = self.pre[name] + update
-        return params
+    def task_params(self, alpha: torch.Tensor | None) -> torch.Tensor:
+        """Test-time θ_i = θ_pre + (Σ_m α_m z_m) ⊙ θ_δ, flat (θ_pre + θ_δ for dense meta-tuning)."""
+        if self.mode == "none":
+            return self.pre
+        if self.mode == "dense":
+            return self.pre + self.delta
+        return self.pre + (self.masks(training=False) @ alpha) * self.delta
 
-    def expert_density(self) -> torch.Tensor:
-        """Expected share of non-zeros per expert over all masked entries: (M,)."""
-        total = sum(la[..., 0].numel() for la in self.log_alpha)
-        return sum(expected_density(la).flatten(0, -2).sum(0) for la in self.log_alpha) / total
-
-    def expert_sparsity(self) -> torch.Tensor:
-        """Measured share of exact zeros of each expert's test-time mask: (M,)."""
+    def density(self, merged: bool = False) -> torch.Tensor:
+        """Share of entries open at test, per expert (M,), or of the merged mask (the experts' union)."""
         with torch.no_grad():
-            total = sum(la[..., 0].numel() for la in self.log_alpha)
-            nonzero = sum((hard_concrete(la, False) > 0).flatten(0, -2).sum(0).float() for la in self.log_alpha)
-            return (1 - nonzero / total).cpu()
+            if self.mode in ("none", "dense"):
+                return torch.ones(1)
+            open_ = self.masks(training=False) > 0
+            return (open_.any(-1) if merged else open_).float().mean(0).cpu()
+
+    def expected_density(self) -> torch.Tensor:
+        """The expected-L0 surrogate per expert over all masked entries: (M,)."""
+        return expected_density(self.log_alpha).mean(0)
 
     # -- meta-training --------------------------------------------------------------------------
-    def task_loss(self, x_s, y_s, x_q, y_q, num_classes: int, inner_lr: float, teacher_lr: float,
-                  teacher_steps: int, kd_weight: float, kd_temperature: float) -> torch.Tensor:
-        """Meta-training loss of one task (notes §2.6), first order."""
-        alpha, router_logits = self.gates(x_s, y_s, num_classes, True) if self.mode == "learned" else (None, None)
-        theta = self.task_params(alpha, training=True)
+    def meta_batch_loss(self, tasks: Sequence[TaskTensors], inner_lr: float, teacher_lr: float, kd_weight: float,
+                        kd_temperature: float, pretrained_teacher: bool) -> torch.Tensor:
+        """Mean meta-training loss of a meta-batch of tasks (notes §2.6). The training masks are computed once
+        (they change only at an update) and every task's weights in one product: Θ = θ_pre + (A Zᵀ) ⊙ θ_δ."""
+        if not self.routed:
+            return sum(self.task_loss(t, self.task_params(None), inner_lr, teacher_lr, kd_weight, kd_temperature,
+                                      pretrained_teacher) for t in tasks) / len(tasks)
+        gates = [self.gates(t.support_pre, t.support_labels, t.num_classes, True) for t in tasks]
+        alphas = torch.stack([alpha for alpha, _ in gates])
+        thetas = self.pre + (alphas @ self.masks(training=True).T) * self.delta
+        router_penalty = 1e-4 * torch.stack([logits.pow(2).mean() for _, logits in gates]).sum()
+        return (sum(self.task_loss(t, theta, inner_lr, teacher_lr, kd_weight, kd_temperature, pretrained_teacher)
+                    for t, theta in zip(tasks, thetas)) + router_penalty) / len(tasks)
+
+    def task_loss(self, task: TaskTensors, theta: torch.Tensor, inner_lr: float, teacher_lr: float,
+                  kd_weight: float, kd_temperature: float, pretrained_teacher: bool) -> torch.Tensor:
+        """Meta-training loss of one task at its weights θ_i (notes §2.6), first order."""
+        x_s, y_s, x_q, y_q, num_classes = task.support, task.support_labels, task.query, task.query_labels, task.num_classes
         support_features = self.features(theta, x_s)
         protos = prototypes(support_features, y_s, num_classes)
         head = protos.detach().requires_grad_()
         inner_loss = F.cross_entropy(cosine_logits(support_features, head), y_s)
-        grads = torch.autograd.grad(inner_loss, [*theta.values(), head], retain_graph=True)
-        adapted = {k: v - inner_lr * g for (k, v), g in zip(theta.items(), grads)}
-        adapted_head = protos - inner_lr * grads[-1]  # first-order: the head keeps its path to θ_i
+        grad_theta, grad_head = torch.autograd.grad(inner_loss, [theta, head], retain_graph=True)
+        adapted = theta - inner_lr * grad_theta
+        adapted_head = protos - inner_lr * grad_head  # first-order: the head keeps its path to θ_i
         student = cosine_logits(self.features(adapted, x_q), adapted_head)
-        teacher = self._dense_teacher(adapted, adapted_head, x_q, y_q, teacher_lr, teacher_steps)
-        kd = F.kl_div(F.log_softmax(student / kd_temperature, -1), F.log_softmax(teacher / kd_temperature, -1),
-                      log_target=True, reduction="batchmean") * kd_temperature**2
-        loss = (1 - kd_weight) * F.cross_entropy(student, y_q) + kd_weight * kd
-        if self.mode == "learned":
-            # Lagrangian term: pushes each expert's expected density down while its λ is positive
-            violation = self.expert_density() - (1 - self.sparsity)
-            loss = loss + (self.lagrange * violation).sum() + 1e-4 * router_logits.pow(2).mean()
+        loss = (1 - kd_weight) * F.cross_entropy(student, y_q)
+        if kd_weight > 0:
+            teachers = [self._dense_teacher(adapted, adapted_head, x_q, y_q, teacher_lr)]
+            if pretrained_teacher:
+                teachers.append(cosine_logits(task.query_pre, prototypes(task.support_pre, y_s, num_classes)))
+            log_student = F.log_softmax(student / kd_temperature, -1)
+            loss = loss + kd_weight * kd_temperature**2 / 2 * sum(
+                F.kl_div(log_student, F.log_softmax(t / kd_temperature, -1), log_target=True, reduction="batchmean")
+                for t in teachers)
         return loss
 
-    def _dense_teacher(self, adapted, head, x_q, y_q, lr, steps) -> torch.Tensor:
-        """Query logits of a dense task teacher: ``steps`` SGD steps on the query set from θ_i'."""
-        teacher = {k: v.detach().requires_grad_() for k, v in adapted.items()}
+    def _dense_teacher(self, adapted, head, x_q, y_q, lr) -> torch.Tensor:
+        """Query logits of a dense task teacher: one SGD step on the query set from θ_i' (the official count)."""
+        teacher = adapted.detach().requires_grad_()
         head = head.detach()
-        for _ in range(steps):
-            loss = F.cross_entropy(cosine_logits(self.features(teacher, x_q), head), y_q)
-            grads = torch.autograd.grad(loss, list(teacher.values()))
-            teacher = {k: (v - lr * g).detach().requires_grad_() for (k, v), g in zip(teacher.items(), grads)}
+        loss = F.cross_entropy(cosine_logits(self.features(teacher, x_q), head), y_q)
+        (grad,) = torch.autograd.grad(loss, [teacher])
         with torch.no_grad():
-            return cosine_logits(self.features(teacher, x_q), head)
+            return cosine_logits(self.features(teacher - lr * grad, x_q), head)
+
+    def sparsity_penalty(self) -> torch.Tensor:
+        """Σ_m λ_m (E[L0]_m - (1 - τ)): its gradient reaches ``log α`` only (λ is a constant here)."""
+        return (self.lagrange * (self.expected_density() - (1 - self.sparsity))).sum()
 
     def update_lagrange(self, lr: float) -> None:
-        """Dual ascent: λ_m += lr · (density_m - (1 - τ)) while expert m violates its constraint, and
-        λ_m = 0 once it is satisfied. (Letting λ decay slowly instead overshoots on a short run: the
-        multiplier built up while the masks were too dense keeps closing them far past τ.)"""
-        with torch.no_grad():
-            violation = self.expert_density() - (1 - self.sparsity)
-            self.lagrange.add_(lr * violation).masked_fill_(violation <= 0, 0.0)
+        """Dual ascent on the measured constraint: λ_m += lr · (density_m - (1 - τ)) while expert m has more
+        entries open at test than 1 - τ allows, and λ_m = 0 once it has no more (the official reset).
+
+        The official code also weights both this step and the penalty by the expert's gate α_m, so an expert
+        the router seldom picks closes slowly; over 50,000 tasks every expert still reaches τ, over a few
+        hundred it would not, so here every expert's constraint is enforced at the same pace."""
+        violation = self.density().to(self.lagrange.device) - (1 - self.sparsity)
+        self.lagrange.add_(lr * violation).masked_fill_(violation <= 0, 0.0)
+
+    @torch.no_grad()
+    def settle_masks(self, before: torch.Tensor, before_density: torch.Tensor, tolerance: float = 0.005) -> None:
+        """Take back part of a mask update that closed more entries than τ asks for.
+
+        More zeros are feasible, but the notebook reads τ as the sparsity the test runs at, and at the
+        official mask learning rate one update can close thousands of entries at once. So for every expert
+        that was at or above 1 - τ before the update and is below it (by more than ``tolerance``) after, the
+        update is scaled by the largest t in [0, 1] (bisection) that keeps its density at 1 - τ."""
+        target = 1 - self.sparsity
+        after = self.density()
+        for m in torch.nonzero((before_density >= target) & (after < target - tolerance)).flatten().tolist():
+            old, step = before[:, m], self.log_alpha[:, m] - before[:, m]
+            keep, drop = 0.0, 1.0
+            for _ in range(12):
+                t = (keep + drop) / 2
+                if (hard_concrete(old + t * step, False) > 0).float().mean() >= target:
+                    keep = t
+                else:
+                    drop = t
+            self.log_alpha[:, m] = old + keep * step
 
 
-def _episode_tensors(clip: Clip, episode: Episode):
-    """Support pixels and labels, query pixels and labels (all on the model's device), class count."""
-    tensors = (preprocess_images(clip, episode.support), torch.as_tensor(episode.support.labels),
-               preprocess_images(clip, episode.query), torch.as_tensor(episode.query.labels))
-    return (*(t.to(clip.device) for t in tensors), len(episode.classes))
+Monitor = Callable[[SparseInterpolatedExperts], dict]
 
 
 def meta_train(clip: Clip, episodes: Sequence[Episode], masks: str = "learned", num_experts: int = 8,
                sparsity: float = 0.9, lr: float = 1e-2, mask_lr: float = 1e6, router_lr: float = 1e-3,
-               lagrange_lr: float = 1.0, inner_lr: float = 1e-3, teacher_lr: float = 5e-3, teacher_steps: int = 1,
-               kd_weight: float = 0.25, kd_temperature: float = 2.0, meta_batch: int = 4, seed: int = 0,
-               progress: bool = True) -> SparseInterpolatedExperts:
-    """Meta-train on ``episodes`` (notes §2.7): SGD with momentum on θ_δ (weight decay pulls it to
-    θ_pre), plain SGD on the mask logits (clipped to norm 5, ``log α`` clamped to [ln 0.01, ln 100]),
+               lagrange_lr: float = 2.5e-2, inner_lr: float = 1e-3, teacher_lr: float = 5e-3, kd_weight: float = 0.25,
+               kd_temperature: float = 2.0, pretrained_teacher: bool = True, meta_batch: int = 4, seed: int = 0,
+               blocks: int | None = 1, density: float | None = None, region: ExpertRegion | None = None,
+               monitor: Monitor | None = None, monitor_every: int = 100, progress: bool = True) -> SparseInterpolatedExperts:
+    """Meta-train on ``episodes`` (notes §2.7): SGD with momentum on θ_δ (weight decay pulls it to θ_pre),
+    SGD at the official 1e6 on the mask logits (clipped to norm 5, ``log α`` clamped to [ln 0.01, ln 100]),
     AdamW on the router (clipped to norm 1), dual ascent on λ; one update every ``meta_batch`` tasks.
-    The mask LR is the official 1e6 ("large to encourage binary masks": the expected density is a mean
-    over millions of entries); the others are larger than the official ones, since the embedded world
+    The θ_δ, router and λ learning rates are larger than the official ones, since the embedded world
     meta-trains on hundreds of tasks, not 50,000.
+
+    ``monitor(experts)`` is called every ``monitor_every`` tasks (and at 0); its dicts, with ``tasks``
+    added, are kept in ``experts.history`` (learning curves). ``experts.seconds`` is the training wall
+    time without the monitor's.
     """
     torch.manual_seed(seed)
-    experts = SparseInterpolatedExperts(clip, masks, num_experts, sparsity, seed)
+    experts = SparseInterpolatedExperts(clip, masks, num_experts, sparsity, seed, blocks, density, region)
     if masks == "none":
         return experts
+
+    def record() -> None:
+        if monitor:
+            started = time.perf_counter()
+            experts.eval()
+            experts.history.append({"tasks": experts.tasks_seen, **monitor(experts)})
+            experts.train()
+            experts.seconds -= time.perf_counter() - started
+
+    experts.seconds -= time.perf_counter()
+    record()
+    experts.train()
     experts.total_tasks = len(episodes)
-    delta_opt = torch.optim.SGD(experts.delta.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    mask_opt = torch.optim.SGD(experts.log_alpha.parameters(), lr=mask_lr) if masks == "learned" else None
-    router_opt = torch.optim.AdamW(experts.router.parameters(), lr=router_lr, weight_decay=1e-2) if masks == "learned" else None
-    for i, episode in enumerate(tqdm(episodes, desc=f"meta-training ({masks})", disable=not progress, leave=False)):
-        x_s, y_s, x_q, y_q, n = _episode_tensors(clip, episode)
-        loss = experts.task_loss(x_s, y_s, x_q, y_q, n, inner_lr, teacher_lr, teacher_steps, kd_weight, kd_temperature)
-        (loss / meta_batch).backward()
-        experts.tasks_seen += 1
-        if (i + 1) % meta_batch == 0 or i + 1 == len(episodes):
-            delta_opt.step()
-            delta_opt.zero_grad(set_to_none=True)
-            if masks == "learned":
-                nn.utils.clip_grad_norm_(experts.log_alpha.parameters(), 5.0)
-                nn.utils.clip_grad_norm_(experts.router.parameters(), 1.0)
-                mask_opt.step()
-                router_opt.step()
-                mask_opt.zero_grad(set_to_none=True)
-                router_opt.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    for la in experts.log_alpha:
-                        la.clamp_(math.log(0.01), math.log(100))
+    delta_opt = torch.optim.SGD([experts.delta], lr=lr, momentum=0.9, weight_decay=1e-4)
+    mask_opt = torch.optim.SGD([experts.log_alpha], lr=mask_lr) if masks == "learned" else None
+    router_opt = torch.optim.AdamW(experts.router.parameters(), lr=router_lr, weight_decay=1e-2) if experts.routed else None
+    region = experts.region
+    batches = [episodes[i:i + meta_batch] for i in range(0, len(episodes), meta_batch)]
+    for batch in tqdm(batches, desc=f"meta-training ({masks})", disable=not progress, leave=False):
+        loss = experts.meta_batch_loss([task_tensors(region, episode) for episode in batch], inner_lr, teacher_lr,
+                                       kd_weight, kd_temperature, pretrained_teacher) * len(batch) / meta_batch
+        experts.tasks_seen += len(batch)
+        if masks == "learned":
+            loss = loss + experts.sparsity_penalty()
+        loss.backward()
+        delta_opt.step()
+        delta_opt.zero_grad(set_to_none=True)
+        if experts.routed:
+            nn.utils.clip_grad_norm_(experts.router.parameters(), 1.0)
+            router_opt.step()
+            router_opt.zero_grad(set_to_none=True)
+        if masks == "learned":
+            nn.utils.clip_grad_norm_([experts.log_alpha], 5.0)
+            before, before_density = experts.log_alpha.detach().clone(), experts.density()
+            mask_opt.step()
+            mask_opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                experts.log_alpha.clamp_(*LOG_ALPHA_RANGE)
+                experts.settle_masks(before, before_density)
                 experts.update_lagrange(lagrange_lr)
-    return experts
+        if (experts.tasks_seen // monitor_every) > ((experts.tasks_seen - len(batch)) // monitor_every):
+            record()
+    experts.seconds += time.perf_counter()
+    return experts.eval()
 
 
 class SMAT(Method):
     """Test-time use of meta-trained experts: θ_i from the support set, then ProtoNet (notes §2.8).
 
     ``finetune`` ``"full"`` or ``"lora"`` takes ``steps`` AdamW steps on the support set from θ_i
-    (cross-entropy of the cosine classifier on prototypes recomputed each step).
+    (cross-entropy of the cosine classifier on prototypes recomputed each step); ``lr = 0`` means no
+    fine-tuning (the official learning-rate grid includes it).
     """
 
     def __init__(self, clip: Clip, experts: SparseInterpolatedExperts, name: str | None = None,
@@ -309,27 +536,30 @@ class SMAT(Method):
 
     def fit(self, support: ImageDataset) -> "SMAT":
         self._remember(support)
-        pixels = preprocess_images(self.clip, support).to(self.clip.device)
+        region = self.experts.region
+        inputs = region.inputs(support).to(self.clip.device)
         labels = torch.as_tensor(support.labels, device=self.clip.device)
         with torch.no_grad():
-            self.alpha = self.experts.gates(pixels, labels, support.num_classes, False)[0] if self.experts.mode == "learned" else None
-            params = {k: v.detach() for k, v in self.experts.task_params(self.alpha, training=False).items()}
-        if self.finetune != "none" and self.steps > 0:
-            params = self._fine_tune(params, pixels, labels, support.num_classes)
+            self.alpha = (self.experts.gates(region.pretrained_features(support).to(self.clip.device), labels, support.num_classes,
+                                             False)[0] if self.experts.routed else None)
+            params = self.experts.task_params(self.alpha).detach()
+        if self.finetune != "none" and self.steps > 0 and self.lr > 0:
+            params = self._fine_tune(params, inputs, labels, support.num_classes)
         self.params = params
         with torch.no_grad():
-            self.protos = prototypes(self.experts.features(params, pixels), labels, support.num_classes)
+            self.protos = prototypes(self.experts.features(params, inputs), labels, support.num_classes)
         return self
 
-    def _fine_tune(self, params, pixels, labels, num_classes):
+    def _fine_tune(self, params, inputs, labels, num_classes):
         torch.manual_seed(self.seed)
         if self.finetune == "full":
-            trainable = {k: v.clone().requires_grad_() for k, v in params.items()}
+            trainable = params.clone().requires_grad_()
             weights = lambda: trainable
-            opt_params = list(trainable.values())
-        else:  # LoRA on the query and value projections of every attention block
+            opt_params = [trainable]
+        else:  # LoRA on the query and value projections of every attention block in the region
+            named = self.experts.region.unflatten(params)
             lora = {}
-            for k, v in params.items():
+            for k, v in named.items():
                 if k.endswith("attn.in_proj_weight"):
                     dim = v.shape[1]
                     for part in ("q", "v"):
@@ -338,23 +568,23 @@ class SMAT(Method):
                                                nn.Parameter(torch.zeros(dim, self.lora_rank, device=v.device)))
 
             def weights():
-                out = dict(params)
-                for k, v in params.items():
+                out = dict(named)
+                for k, v in named.items():
                     if k.endswith("attn.in_proj_weight"):
                         dim = v.shape[1]
                         (aq, bq), (av, bv) = lora[f"{k}:q"], lora[f"{k}:v"]
-                        zero = torch.zeros(dim, dim, device=v.device)
-                        out[k] = v + torch.cat([bq @ aq, zero, bv @ av])
+                        out[k] = v + torch.cat([bq @ aq, torch.zeros(dim, dim, device=v.device), bv @ av])
                 return out
             opt_params = [p for pair in lora.values() for p in pair]
         optimizer = torch.optim.AdamW(opt_params, lr=self.lr)
         for _ in range(self.steps):
-            features = self.experts.features(weights(), pixels)
+            features = self.experts.features(weights(), inputs)
             loss = F.cross_entropy(cosine_logits(features, prototypes(features, labels, num_classes)), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        return {k: v.detach() for k, v in weights().items()}
+        final = weights()
+        return final.detach() if isinstance(final, torch.Tensor) else torch.cat([v.detach().flatten() for v in final.values()])
 
     @torch.no_grad()
     def logits(self, images: Images, classnames: Sequence[str] | None = None) -> torch.Tensor:
@@ -362,114 +592,185 @@ class SMAT(Method):
             raise TypeError("SMAT changes the image tower: pass an ImageDataset, not cached features")
         if classnames is not None and list(classnames) != self.classnames:
             raise ValueError("SMAT's ProtoNet head scores the support set's classes only")
-        return cosine_logits(self.experts.features(self.params, preprocess_images(self.clip, images)), self.protos).cpu()
+        return cosine_logits(self.experts.features(self.params, self.experts.region.inputs(images)), self.protos).cpu()
 
     def trainable_parameters(self) -> int:
-        e = self.experts
-        return sum(p.numel() for p in e.parameters()) - (e.lagrange.numel() if hasattr(e, "lagrange") else 0)
+        return sum(p.numel() for p in self.experts.parameters())
 
 
-def expert_usage(clip: Clip, experts: SparseInterpolatedExperts, episodes_by_domain: dict[str, list[Episode]]) -> "np.ndarray":
+# -- analyses --------------------------------------------------------------------------------------
+def expert_usage(experts: SparseInterpolatedExperts, episodes_by_domain: dict[str, list[Episode]]) -> np.ndarray:
     """Mean gate α per (domain, expert): rows follow ``episodes_by_domain``'s order."""
     rows = []
     for episodes in episodes_by_domain.values():
         with torch.no_grad():
-            gates = [experts.gates(*_episode_tensors(clip, ep)[:2], len(ep.classes), False)[0] for ep in episodes]
+            gates = []
+            for ep in episodes:
+                t = task_tensors(experts.region, ep)
+                gates.append(experts.gates(t.support_pre, t.support_labels, t.num_classes, False)[0])
         rows.append(torch.stack(gates).mean(0).cpu().numpy())
     return np.stack(rows)
 
 
-def specialisation(usage: "np.ndarray") -> float:
+def specialisation(usage: np.ndarray) -> float:
     """How much the router's choice depends on the dataset: the largest across-dataset spread (max - min)
     of any expert's mean gate in :func:`expert_usage`'s table."""
     return float((usage.max(axis=0) - usage.min(axis=0)).max())
 
 
-def mask_overlap(experts: SparseInterpolatedExperts) -> "np.ndarray":
+def mask_overlap(experts: SparseInterpolatedExperts) -> np.ndarray:
     """Jaccard overlap of the experts' test-time binary masks: (M, M)."""
     with torch.no_grad():
-        binary = torch.cat([(hard_concrete(la, False) > 0).flatten(0, -2) for la in experts.log_alpha]).float()
+        binary = (experts.masks(training=False) > 0).float()
     intersection = binary.T @ binary
     sizes = binary.sum(0)
     union = sizes[:, None] + sizes[None, :] - intersection
     return (intersection / union.clamp_min(1)).cpu().numpy()
 
 
-VARIANTS = {  # label -> masks mode, in the order the notebook shows them
-    "pretrained ProtoNet": "none",
-    "dense meta-tuning": "dense",
-    "random mask": "random",
-    "magnitude mask": "magnitude",
-    "SMAT": "learned",
-}
+# -- the benchmark: class-disjoint ID test, held-out OOD domains ------------------------------------
+@dataclass
+class Benchmark:
+    """Meta-training episodes (base classes of the ID domains) and validation / test episodes per dataset
+    (novel classes of the ID domains; every class of the OOD domains)."""
+
+    id_datasets: list[str]
+    ood_datasets: list[str]
+    train: list[Episode]
+    val: dict[str, list[Episode]]
+    test: dict[str, list[Episode]]
+
+    def domain(self, dataset: str) -> str:
+        return "ID" if dataset in self.id_datasets else "OOD"
 
 
-def episodes_for(datasets: Sequence[str], split: str, n_way: int, shots: int, queries: int, count: int, seed: int) -> dict:
-    """``count`` N-way K-shot episodes per dataset (its own sampler, so every variant sees the same ones)."""
-    out = {}
-    for i, name in enumerate(datasets):
-        sampler = EpisodeSampler([load_dataset(name, split)], n_way, shots, queries, seed=seed * 1000 + i)
-        out[name] = [sampler.sample() for _ in range(count)]
-    return out
+def novel_class_split(num_classes: int, novel: int, n_way: int) -> tuple[list[int], list[int]]:
+    """(meta-train classes, novel meta-test classes): the last ``novel`` labels are held out."""
+    if not n_way <= novel <= num_classes - n_way:
+        raise ValueError(f"novel={novel} classes must leave n_way={n_way} on both sides of a {num_classes}-class domain "
+                         f"(allowed: {n_way}..{num_classes - n_way})")
+    return list(range(num_classes - novel)), list(range(num_classes - novel, num_classes))
 
 
-def evaluate_experts(clip: Clip, experts: SparseInterpolatedExperts, test_episodes: dict, label: str,
-                     finetune: Sequence[str] = ("none",), steps: int = 10, lr: float = 1e-4) -> list[dict]:
-    """Query accuracy per test episode, without and (optionally) with test-time fine-tuning."""
+def make_benchmark(id_datasets: Sequence[str], ood_datasets: Sequence[str], n_way: int, shots: int, queries: int,
+                   train_tasks: int, test_tasks: int, val_tasks: int, novel: int, seed: int,
+                   train_queries: int | None = None, test_per_class: int | None = 40) -> Benchmark:
+    """Episodes for one seed: ``train_tasks`` on the base classes of the ID train splits, and per dataset
+    ``val_tasks`` (val split) and ``test_tasks`` (test split) on ID novel classes or all OOD classes. Test
+    episodes are drawn from a fixed sample of ``test_per_class`` images per class (the same for every seed),
+    which bounds the trunk cache."""
+    def load(name: str, split: str) -> ImageDataset:
+        data = load_dataset(name, split)
+        return fixed_test_sample(data, test_per_class) if split == "test" else data
+
+    def part(name: str, split: str, which: int) -> ImageDataset:
+        data = load(name, split)
+        return restrict_classes(data, novel_class_split(data.num_classes, novel, n_way)[which], f"{'base' if which == 0 else 'novel'}")
+
+    pool = [part(name, "train", 0) for name in id_datasets]
+    sampler = EpisodeSampler(pool, n_way, shots, train_queries or queries, seed=seed)
+    train = [sampler.sample() for _ in range(train_tasks)]
+    splits = {}
+    for split, count in (("val", val_tasks), ("test", test_tasks)):
+        splits[split] = {}
+        for i, name in enumerate([*id_datasets, *ood_datasets]):
+            data = part(name, split, 1) if name in id_datasets else load(name, split)
+            episode_sampler = EpisodeSampler([data], n_way, shots, queries, seed=seed * 1000 + i + (500 if split == "val" else 0))
+            splits[split][name] = [episode_sampler.sample() for _ in range(count)]
+    return Benchmark(list(id_datasets), list(ood_datasets), train, splits["val"], splits["test"])
+
+
+def evaluate_experts(experts: SparseInterpolatedExperts, episodes: dict[str, list[Episode]], label: str,
+                     finetune: str = "none", steps: int = 5, lr: float = 0.0) -> list[dict]:
+    """Query accuracy per episode of every dataset, without or with test-time fine-tuning."""
     rows = []
-    for mode in finetune:
-        for dataset, episodes in test_episodes.items():
-            for t, ep in enumerate(episodes):
-                method = SMAT(clip, experts, finetune=mode, steps=steps, lr=lr).fit(ep.support)
-                rows.append({"variant": label, "finetune": mode, "dataset": dataset, "task": t,
-                             "accuracy": evaluate(method, ep.query)})
+    for dataset, tasks in episodes.items():
+        for t, ep in enumerate(tasks):
+            method = SMAT(experts.clip, experts, finetune=finetune, steps=steps, lr=lr).fit(ep.support)
+            accuracy = (method.logits(ep.query).argmax(-1).numpy() == ep.query.labels).mean() * 100
+            rows.append({"variant": label, "finetune": finetune, "dataset": dataset, "task": t, "accuracy": float(accuracy)})
     return rows
 
 
-def compare_variants(clip: Clip, id_datasets: Sequence[str], ood_datasets: Sequence[str], n_way: int, shots: int,
-                     train_tasks: int, test_tasks: int, sparsity: float, num_experts: int, seed: int,
-                     finetune_steps: int = 10, finetune_lr: float = 1e-4, queries: int = 5,
-                     finetuned_variants: Sequence[str] = ("pretrained ProtoNet", "dense meta-tuning", "SMAT"),
-                     progress: bool = True, **meta_options: float | int
-                     ) -> tuple["pd.DataFrame", dict[str, SparseInterpolatedExperts], list[Episode], dict[str, list[Episode]]]:
-    """SMAT and its baselines, meta-trained on the same in-distribution episodes (train splits) and tested
-    on the same episodes of every ID and OOD dataset (test splits): every variant without fine-tuning,
-    ``finetuned_variants`` also with full fine-tuning (the paper's claim 1 compares those three).
+def choose_finetune_lr(experts: SparseInterpolatedExperts, bench: Benchmark, lrs: Sequence[float], steps: int) -> float:
+    """The fine-tuning LR with the best mean validation accuracy over every dataset (PMF's HPS, on the
+    validation split rather than the first test tasks); 0 means no fine-tuning."""
+    score = {lr: np.mean([r["accuracy"] for r in evaluate_experts(experts, bench.val, "", "full", steps, lr)]) for lr in lrs}
+    return max(score, key=score.get)
 
-    ``meta_options`` go to :func:`meta_train`. Returns ``(results, {label: experts}, train episodes,
-    {dataset: test episodes})``.
+
+VARIANTS: dict[str, tuple[str, dict]] = {  # label -> (masks mode, meta_train overrides), in the notebook's order
+    "pretrained ProtoNet": ("none", {}),
+    "dense meta-tuning": ("dense", {}),
+    "SMAT": ("learned", {}),
+    "SMAT w/o teachers": ("learned", {"kd_weight": 0.0}),  # the paper's "without dense teachers" ablation
+    "random masks": ("random", {}),
+    "magnitude masks": ("magnitude", {}),
+}
+CURVE_VARIANTS = ("dense meta-tuning", "SMAT", "SMAT w/o teachers")  # learning curves (the paper's Fig. 1)
+
+
+@dataclass
+class SeedRun:
+    """Everything one seed of :func:`compare_variants` produced."""
+
+    results: pd.DataFrame           # accuracy per (variant, finetune, dataset, task)
+    experts: dict[str, SparseInterpolatedExperts]
+    finetune_lr: dict[str, float]   # the LR each fine-tuned variant chose on validation
+    curves: pd.DataFrame            # validation accuracy per (variant, tasks, domain) during meta-training
+
+
+def domain_accuracy(experts: SparseInterpolatedExperts, bench: Benchmark, split: str = "val") -> dict[str, float]:
+    """Mean accuracy without fine-tuning per domain on ``split``'s episodes (the learning-curve monitor)."""
+    rows = pd.DataFrame(evaluate_experts(experts, getattr(bench, split), ""))
+    return rows.groupby(rows["dataset"].map(bench.domain)).accuracy.mean().to_dict()
+
+
+def compare_variants(clip: Clip, bench: Benchmark, sparsity: float, num_experts: int, seed: int, blocks: int | None = 1,
+                     finetune_steps: int = 5, finetune_lrs: Sequence[float] = (0.0, 1e-4, 1e-3),
+                     finetuned_variants: Sequence[str] = ("pretrained ProtoNet", "dense meta-tuning", "SMAT"),
+                     curve_every: int = 100, progress: bool = True, **meta_options) -> SeedRun:
+    """SMAT, its ablation and its baselines, meta-trained on the same episodes and tested on the same episodes.
+
+    Hand-designed masks sit in the same router + M-expert framework at the *realised merged density* of
+    SMAT's learned masks (so SMAT is trained first). Every variant is tested without fine-tuning;
+    ``finetuned_variants`` also with full fine-tuning, at the LR each chose on validation from
+    ``finetune_lrs``. ``CURVE_VARIANTS`` are scored on the validation episodes every ``curve_every`` tasks.
     """
     unknown = sorted(set(finetuned_variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; allowed: {', '.join(VARIANTS)}")
-    pool = [load_dataset(name, "train") for name in id_datasets]
-    sampler = EpisodeSampler(pool, n_way, shots, queries, seed=seed)
-    train_episodes = [sampler.sample() for _ in range(train_tasks)]
-    test_episodes = episodes_for([*id_datasets, *ood_datasets], "test", n_way, shots, queries, test_tasks, seed)
-    rows, trained = [], {}
-    for label, mode in tqdm(VARIANTS.items(), desc="variants", disable=not progress):
-        trained[label] = meta_train(clip, train_episodes, mode, num_experts, sparsity, seed=seed, progress=False, **meta_options)
-        modes = ("none", "full") if label in finetuned_variants else ("none",)
-        rows += evaluate_experts(clip, trained[label], test_episodes, label, modes, finetune_steps, finetune_lr)
+    region = ExpertRegion(clip, blocks)
+    rows, trained, chosen, curves = [], {}, {}, []
+    monitor = lambda experts: domain_accuracy(experts, bench)
+    for label, (mode, overrides) in tqdm(VARIANTS.items(), desc=f"variants (seed {seed})", disable=not progress, leave=False):
+        density = float(trained["SMAT"].density(merged=True)) if mode in ("random", "magnitude") else None
+        experts = meta_train(clip, bench.train, mode, num_experts, sparsity, seed=seed, region=region, density=density,
+                             monitor=monitor if label in CURVE_VARIANTS else None, monitor_every=curve_every,
+                             progress=False, **{**meta_options, **overrides})
+        trained[label] = experts
+        curves += [{"variant": label, "tasks": h["tasks"], "domain": d, "accuracy": h[d]} for h in experts.history for d in ("ID", "OOD")]
+        rows += evaluate_experts(experts, bench.test, label)
+        if label in finetuned_variants:
+            chosen[label] = choose_finetune_lr(experts, bench, finetune_lrs, finetune_steps)
+            rows += evaluate_experts(experts, bench.test, label, "full", finetune_steps, chosen[label])
     results = pd.DataFrame(rows)
-    results["domain"] = ["ID" if d in id_datasets else "OOD" for d in results["dataset"]]
-    return results, trained, train_episodes, test_episodes
+    results["domain"] = results["dataset"].map(bench.domain)
+    return SeedRun(results, trained, chosen, pd.DataFrame(curves))
 
 
-def sparsity_tradeoff(clip: Clip, train_episodes: Sequence[Episode], test_episodes: dict, id_datasets: Sequence[str],
-                      taus: Sequence[float], expert_counts: Sequence[int], seed: int,
+def sparsity_tradeoff(clip: Clip, bench: Benchmark, points: Sequence[tuple[float, int]], seed: int, blocks: int | None = 1,
                       already_trained: dict[tuple[float, int], SparseInterpolatedExperts] | None = None,
-                      progress: bool = True, **meta_options: float | int) -> "pd.DataFrame":
-    """ID and OOD accuracy (no fine-tuning) of SMAT over sparsity levels τ and expert counts M.
-
-    ``already_trained`` maps ``(τ, M)`` to experts meta-trained on the same episodes (the notebook's main
-    run), which are evaluated instead of trained again.
-    """
+                      progress: bool = True, **meta_options) -> pd.DataFrame:
+    """Test accuracy without fine-tuning and realised test-time sparsity of SMAT at each ``(τ, M)`` of ``points``,
+    meta-trained on the same episodes; ``already_trained`` maps ``(τ, M)`` to experts to reuse."""
     already_trained = already_trained or {}
+    region = ExpertRegion(clip, blocks)
     rows = []
-    for tau, m in tqdm([(t, m) for t in taus for m in expert_counts], desc="tau x M", disable=not progress):
-        experts = (already_trained[(tau, m)] if (tau, m) in already_trained
-                   else meta_train(clip, train_episodes, "learned", m, tau, seed=seed, progress=False, **meta_options))
-        for row in evaluate_experts(clip, experts, test_episodes, "SMAT"):
-            rows.append({**row, "tau": tau, "experts": m, "domain": "ID" if row["dataset"] in id_datasets else "OOD"})
+    for tau, m in tqdm(points, desc=f"tau x M (seed {seed})", disable=not progress, leave=False):
+        experts = already_trained.get((tau, m)) or meta_train(clip, bench.train, "learned", m, tau, seed=seed, region=region,
+                                                              progress=False, **meta_options)
+        realised = 1 - float(experts.density().mean())
+        for row in evaluate_experts(experts, bench.test, "SMAT"):
+            rows.append({**row, "tau": tau, "experts": m, "realised sparsity": realised, "domain": bench.domain(row["dataset"])})
     return pd.DataFrame(rows)
