@@ -88,8 +88,9 @@ def test_hand_designed_masks_match_the_asked_merged_density(random_clip, how):
         SparseInterpolatedExperts(random_clip, how)
 
 
-def test_meta_train_and_test_time_use(random_clip, episode):
-    experts = meta_train(random_clip, [episode] * 4, masks="learned", num_experts=2, meta_batch=2, progress=False)
+@pytest.mark.parametrize("blocks", [1, None])
+def test_meta_train_and_test_time_use(random_clip, episode, blocks):
+    experts = meta_train(random_clip, [episode] * 4, masks="learned", num_experts=2, meta_batch=2, blocks=blocks, progress=False)
     assert experts.tasks_seen == 4 and experts.delta.abs().sum() > 0
     for finetune in ("none", "full", "lora"):
         logits = SMAT(random_clip, experts, finetune=finetune, steps=2).fit(episode.support).logits(episode.query)

@@ -36,7 +36,7 @@ from torchvision.transforms import v2 as transforms
 from tqdm.auto import tqdm
 
 from fslib.data import ImageDataset, load_dataset
-from fslib.evaluation import accuracy, cross_dataset
+from fslib.evaluation import accuracy, cross_dataset, summarise
 from fslib.features import encode_images, preprocess_images
 from fslib.fewshot import base_to_new_sets, few_shot, fixed_test_sample
 from fslib.methods.base import Images, Method
@@ -377,3 +377,10 @@ def gains_over_zero_shot(results: pd.DataFrame, difficulty: pd.DataFrame) -> pd.
     wide = results.pivot_table(index=["seed", "dataset", "part"], columns="method", values="accuracy")
     gains = wide.sub(wide["zero-shot"], axis=0).drop(columns="zero-shot").stack().rename("gain").reset_index()
     return gains.merge(difficulty[["dataset", "rtd"]], on="dataset")
+
+
+def gain_summary(gains: pd.DataFrame, difficulty: pd.DataFrame, part: str, families: Sequence[str]) -> pd.DataFrame:
+    """Mean gain over zero-shot and its 95% CI over seeds per (dataset, method) of ``part`` ("base" or "new"),
+    with the dataset's difficulty: the points of the paper's gain-vs-difficulty figure (Fig. 3)."""
+    rows = gains[(gains.part == part) & gains.method.isin(families)]
+    return summarise(rows, ["dataset", "method"], "gain").rename(columns={"mean": "gain"}).merge(difficulty, on="dataset")

@@ -56,6 +56,7 @@ from fslib.features import preprocess_images
 from fslib.fewshot import Episode, EpisodeSampler, fixed_test_sample, restrict_classes
 from fslib.methods.base import Images, Method
 from fslib.models import Clip
+from fslib.training import make_optimizer
 
 MASK_MODES = ("learned", "dense", "random", "magnitude", "none")
 FINETUNE_MODES = ("none", "full", "lora")
@@ -298,7 +299,9 @@ class SparseInterpolatedExperts(nn.Module):
         elif masks in ("random", "magnitude"):
             self.register_buffer("fixed_masks", self._hand_masks(masks, density, generator))
         if self.routed:
-            self.router = Router(clip.model.text_projection.shape[1], self.num_experts)
+            with torch.random.fork_rng():  # the router's initialisation follows the seed, whatever ran before
+                torch.manual_seed(seed)
+                self.router = Router(clip.model.text_projection.shape[1], self.num_experts)
         self.register_buffer("lagrange", torch.zeros(self.num_experts))
         self.to(clip.device)  # draws above came from the CPU generator, so a seed gives the same experts anywhere
         self.eval()  # meta_train switches to training mode (spectral norm's power iteration) and back
@@ -482,9 +485,9 @@ def meta_train(clip: Clip, episodes: Sequence[Episode], masks: str = "learned", 
     record()
     experts.train()
     experts.total_tasks = len(episodes)
-    delta_opt = torch.optim.SGD([experts.delta], lr=lr, momentum=0.9, weight_decay=1e-4)
-    mask_opt = torch.optim.SGD([experts.log_alpha], lr=mask_lr) if masks == "learned" else None
-    router_opt = torch.optim.AdamW(experts.router.parameters(), lr=router_lr, weight_decay=1e-2) if experts.routed else None
+    delta_opt = make_optimizer([experts.delta], "sgd", lr, weight_decay=1e-4, momentum=0.9)
+    mask_opt = make_optimizer([experts.log_alpha], "sgd", mask_lr, momentum=0.0) if masks == "learned" else None
+    router_opt = make_optimizer(experts.router.parameters(), "adamw", router_lr, weight_decay=1e-2) if experts.routed else None
     region = experts.region
     batches = [episodes[i:i + meta_batch] for i in range(0, len(episodes), meta_batch)]
     for batch in tqdm(batches, desc=f"meta-training ({masks})", disable=not progress, leave=False):
@@ -576,7 +579,7 @@ class SMAT(Method):
                         out[k] = v + torch.cat([bq @ aq, torch.zeros(dim, dim, device=v.device), bv @ av])
                 return out
             opt_params = [p for pair in lora.values() for p in pair]
-        optimizer = torch.optim.AdamW(opt_params, lr=self.lr)
+        optimizer = make_optimizer(opt_params, "adamw", self.lr, weight_decay=0.01)  # torch's AdamW default decay
         for _ in range(self.steps):
             features = self.experts.features(weights(), inputs)
             loss = F.cross_entropy(cosine_logits(features, prototypes(features, labels, num_classes)), labels)
