@@ -52,6 +52,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from tqdm.auto import tqdm
 
 from fslib.data import ImageDataset, load_dataset
+from fslib.evaluation import evaluate
 from fslib.features import preprocess_images
 from fslib.fewshot import Episode, EpisodeSampler, fixed_test_sample, restrict_classes
 from fslib.methods.base import Images, Method
@@ -59,6 +60,7 @@ from fslib.models import Clip
 from fslib.training import make_optimizer
 
 MASK_MODES = ("learned", "dense", "random", "magnitude", "none")
+ROUTED_MODES = ("learned", "random", "magnitude")  # the modes with M experts and a router
 FINETUNE_MODES = ("none", "full", "lora")
 COSINE_SCALE = 10.0  # PMF / SMAT's cosine classifier scale
 BETA, ZETA, GAMMA = 2 / 3, 1.1, -0.1  # hard-concrete constants (Louizos et al., 2018)
@@ -289,7 +291,7 @@ class SparseInterpolatedExperts(nn.Module):
         self.clip = clip  # a dataclass, not a module: the frozen tower is not a parameter of this module
         self.region = region or ExpertRegion(clip, blocks)
         self.mode, self.sparsity = masks, sparsity
-        self.num_experts = num_experts if masks in ("learned", "random", "magnitude") else 1
+        self.num_experts = num_experts if masks in ROUTED_MODES else 1
         self.pre = self.region.pretrained()
         generator = torch.Generator().manual_seed(seed)
         self.delta = nn.Parameter(torch.zeros_like(self.pre))
@@ -310,7 +312,7 @@ class SparseInterpolatedExperts(nn.Module):
 
     @property
     def routed(self) -> bool:
-        return self.mode in ("learned", "random", "magnitude")
+        return self.mode in ROUTED_MODES
 
     def _hand_masks(self, how: str, density: float, generator: torch.Generator) -> torch.Tensor:
         """(N, M) binary masks whose union keeps a share ``density`` of every tensor: independent random masks
@@ -417,27 +419,30 @@ class SparseInterpolatedExperts(nn.Module):
         """Σ_m λ_m (E[L0]_m - (1 - τ)): its gradient reaches ``log α`` only (λ is a constant here)."""
         return (self.lagrange * (self.expected_density() - (1 - self.sparsity))).sum()
 
-    def update_lagrange(self, lr: float) -> None:
+    def update_lagrange(self, lr: float, density: torch.Tensor) -> None:
         """Dual ascent on the measured constraint: λ_m += lr · (density_m - (1 - τ)) while expert m has more
         entries open at test than 1 - τ allows, and λ_m = 0 once it has no more (the official reset).
 
         The official code also weights both this step and the penalty by the expert's gate α_m, so an expert
         the router seldom picks closes slowly; over 50,000 tasks every expert still reaches τ, over a few
-        hundred it would not, so here every expert's constraint is enforced at the same pace."""
-        violation = self.density().to(self.lagrange.device) - (1 - self.sparsity)
+        hundred it would not, so here every expert's constraint is enforced at the same pace. ``density`` is
+        :meth:`density` now (the caller has it from :meth:`settle_masks`)."""
+        violation = density.to(self.lagrange.device) - (1 - self.sparsity)
         self.lagrange.add_(lr * violation).masked_fill_(violation <= 0, 0.0)
 
     @torch.no_grad()
-    def settle_masks(self, before: torch.Tensor, before_density: torch.Tensor, tolerance: float = 0.005) -> None:
+    def settle_masks(self, before: torch.Tensor, before_density: torch.Tensor, tolerance: float = 0.005) -> torch.Tensor:
         """Take back part of a mask update that closed more entries than τ asks for.
 
         More zeros are feasible, but the notebook reads τ as the sparsity the test runs at, and at the
         official mask learning rate one update can close thousands of entries at once. So for every expert
         that was at or above 1 - τ before the update and is below it (by more than ``tolerance``) after, the
-        update is scaled by the largest t in [0, 1] (bisection) that keeps its density at 1 - τ."""
+        update is scaled by the largest t in [0, 1] (bisection) that keeps its density at 1 - τ. Returns the
+        experts' densities after settling."""
         target = 1 - self.sparsity
         after = self.density()
-        for m in torch.nonzero((before_density >= target) & (after < target - tolerance)).flatten().tolist():
+        overshot = torch.nonzero((before_density >= target) & (after < target - tolerance)).flatten().tolist()
+        for m in overshot:
             old, step = before[:, m], self.log_alpha[:, m] - before[:, m]
             keep, drop = 0.0, 1.0
             for _ in range(12):
@@ -447,6 +452,7 @@ class SparseInterpolatedExperts(nn.Module):
                 else:
                     drop = t
             self.log_alpha[:, m] = old + keep * step
+        return self.density() if overshot else after
 
 
 Monitor = Callable[[SparseInterpolatedExperts], dict]
@@ -489,6 +495,7 @@ def meta_train(clip: Clip, episodes: Sequence[Episode], masks: str = "learned", 
     mask_opt = make_optimizer([experts.log_alpha], "sgd", mask_lr, momentum=0.0) if masks == "learned" else None
     router_opt = make_optimizer(experts.router.parameters(), "adamw", router_lr, weight_decay=1e-2) if experts.routed else None
     region = experts.region
+    density = experts.density() if masks == "learned" else None  # carried from update to update
     batches = [episodes[i:i + meta_batch] for i in range(0, len(episodes), meta_batch)]
     for batch in tqdm(batches, desc=f"meta-training ({masks})", disable=not progress, leave=False):
         loss = experts.meta_batch_loss([task_tensors(region, episode) for episode in batch], inner_lr, teacher_lr,
@@ -505,13 +512,13 @@ def meta_train(clip: Clip, episodes: Sequence[Episode], masks: str = "learned", 
             router_opt.zero_grad(set_to_none=True)
         if masks == "learned":
             nn.utils.clip_grad_norm_([experts.log_alpha], 5.0)
-            before, before_density = experts.log_alpha.detach().clone(), experts.density()
+            before = experts.log_alpha.detach().clone()
             mask_opt.step()
             mask_opt.zero_grad(set_to_none=True)
             with torch.no_grad():
                 experts.log_alpha.clamp_(*LOG_ALPHA_RANGE)
-                experts.settle_masks(before, before_density)
-                experts.update_lagrange(lagrange_lr)
+                density = experts.settle_masks(before, density)
+                experts.update_lagrange(lagrange_lr, density)
         if (experts.tasks_seen // monitor_every) > ((experts.tasks_seen - len(batch)) // monitor_every):
             record()
     experts.seconds += time.perf_counter()
@@ -690,8 +697,8 @@ def evaluate_experts(experts: SparseInterpolatedExperts, episodes: dict[str, lis
     for dataset, tasks in episodes.items():
         for t, ep in enumerate(tasks):
             method = SMAT(experts.clip, experts, finetune=finetune, steps=steps, lr=lr).fit(ep.support)
-            accuracy = (method.logits(ep.query).argmax(-1).numpy() == ep.query.labels).mean() * 100
-            rows.append({"variant": label, "finetune": finetune, "dataset": dataset, "task": t, "accuracy": float(accuracy)})
+            rows.append({"variant": label, "finetune": finetune, "dataset": dataset, "task": t,
+                         "accuracy": evaluate(method, ep.query)})
     return rows
 
 
