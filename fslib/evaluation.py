@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -106,14 +106,18 @@ def paired_difference(results, better: str, worse: str, by: str = "dataset", pai
 
 
 def base_to_new(factories: dict, datasets: Sequence[str], shots: int, seeds: Sequence[int], progress: bool = True,
-                test_per_class: int | None = None):
+                test_per_class: int | None = None, variations: Callable[[object], Iterable[dict]] | None = None):
     """Base-to-new generalisation for methods behind the shared interface (CoCoOp's protocol).
 
     ``factories`` maps a label to a constructor taking the seed. Each method is fitted on ``shots``
     images per base class (first half of the labels) and scored on the base and on the new test
     classes, each with its own label set. A method that cannot score unseen classes (a linear probe)
     gets NaN on new. ``test_per_class`` scores a fixed sample of the test split
-    (:func:`~fslib.fewshot.fixed_test_sample`). Returns rows ``dataset, seed, method, part, accuracy, fit_seconds``.
+    (:func:`~fslib.fewshot.fixed_test_sample`). ``variations(method)``, if given, sets the fitted method
+    in turn to each of several test-time settings, yielding each one's columns (a WiSE-FT ratio): one fit
+    is then scored once per setting. Returns rows ``dataset, seed, method, part, accuracy, fit_seconds, trainable``
+    (the method's own ``fit_seconds`` where it measures one, else the wall time of ``fit``; ``trainable``
+    parameters), plus the variations' columns.
     """
     rows = []
     for name in tqdm(datasets, desc="datasets", disable=not progress):
@@ -124,14 +128,15 @@ def base_to_new(factories: dict, datasets: Sequence[str], shots: int, seeds: Seq
             for label, make in factories.items():
                 start = time.perf_counter()
                 method = make(seed).fit(support)
-                seconds = time.perf_counter() - start
-                try:
-                    new = evaluate(method, new_test, new_test.classnames)
-                except ValueError:
-                    new = float("nan")
-                for part, acc in (("base", evaluate(method, base_test)), ("new", new)):
-                    rows.append({"dataset": name, "seed": seed, "method": label, "part": part, "accuracy": acc,
-                                 "fit_seconds": seconds})
+                seconds = time.perf_counter() - start if method.fit_seconds is None else method.fit_seconds
+                for setting in (variations(method) if variations else [{}]):
+                    try:
+                        new = evaluate(method, new_test, new_test.classnames)
+                    except ValueError:
+                        new = float("nan")
+                    for part, acc in (("base", evaluate(method, base_test)), ("new", new)):
+                        rows.append({"dataset": name, "seed": seed, "method": label, "part": part, "accuracy": acc,
+                                     "fit_seconds": seconds, "trainable": method.trainable_parameters(), **setting})
     return pd.DataFrame(rows)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from open_clip.transform import AugmentationCfg
+from torchvision.transforms import v2 as transforms
 from tqdm.auto import tqdm
 
 from fslib.data import ImageDataset
@@ -86,3 +88,35 @@ def encode_images(clip: Clip, dataset: ImageDataset, batch_size: int = 256, cach
     os.replace(tmp.name, path)
     _MEMORY[key] = features
     return features
+
+
+# open_clip's training-time crop: 90-100% of the area. Label-preserving in the embedded world, where a
+# smaller crop can cut away the counted objects or the named one of two objects
+CROP_SCALE = AugmentationCfg().scale
+
+
+def augment_pixels(pixels: torch.Tensor, seed: int, flip: bool = False, min_scale: float = CROP_SCALE[0]) -> torch.Tensor:
+    """Random resized crop (area ``min_scale``-1, back to the input size), plus a horizontal flip with
+    ``flip``, drawn per image from ``seed``, on preprocessed (N, 3, H, W) tensors."""
+    steps = [transforms.RandomResizedCrop(pixels.shape[-1], scale=(min_scale, 1.0), antialias=True)]
+    augment = transforms.Compose(steps + [transforms.RandomHorizontalFlip()] if flip else steps)
+    with torch.random.fork_rng(devices=[]):  # the seed decides the crops; the global stream is left alone
+        torch.manual_seed(seed)
+        return torch.stack([augment(image) for image in pixels])
+
+
+@torch.no_grad()
+def augmented_features(clip: Clip, dataset: ImageDataset, views: int, seed: int, batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised features of ``views`` random resized crops of every image (:func:`augment_pixels`),
+    view-major: (views * N, D), row ``v * N + i`` is view ``v`` of image ``i``. What a frozen-encoder
+    method trains on when its paper augments the training images; cached like :func:`encode_images`."""
+    key = f"{feature_key(clip, dataset)}:views{views}:seed{seed}"
+    if key not in _MEMORY:
+        was_training = clip.model.training
+        clip.model.eval()
+        pixels = preprocess_images(clip, dataset)
+        crops = torch.cat([augment_pixels(pixels, seed * 1_000 + view) for view in range(views)])
+        out = [F.normalize(clip.model.encode_image(chunk.to(clip.device)).float(), dim=-1).cpu() for chunk in crops.split(batch_size)]
+        clip.model.train(was_training)
+        _MEMORY[key] = torch.cat(out) if out else torch.empty(0)
+    return _MEMORY[key]

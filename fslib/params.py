@@ -134,6 +134,19 @@ def fraction_list(name: str, value: Any) -> list[float]:
     return [fraction(name, v) for v in _float_list(name, value, "in [0, 1)")]
 
 
+def wise_ratios(name: str, value: Any) -> list[float]:
+    """WiSE-FT interpolation ratios in [0, 1], sorted, that must include 0 (the pretrained model: zero-shot),
+    0.5 (CLIP-CITE's ratio) and 1 (the fine-tuned model), the three points notebook 05 reads."""
+    values = _float_list(name, value, "in [0, 1]")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in values):
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a list of numbers in [0, 1]")
+    missing = [r for r in (0.0, 0.5, 1.0) if r not in values]
+    if missing:
+        raise ValueError(f"{name}={value!r} is not allowed; it must include {', '.join(f'{r:g}' for r in missing)} "
+                         "(0 = zero-shot, 0.5 = CLIP-CITE, 1 = plain fine-tuning)")
+    return sorted(float(v) for v in values)
+
+
 def choice(*allowed: Any) -> Check:
     def check(name: str, value: Any) -> Any:
         if value not in allowed:

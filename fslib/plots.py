@@ -306,25 +306,19 @@ def transfer_bars(transfer: "pd.DataFrame",
     return fig
 
 
-def ablation_and_interpolation(ablation: "pd.DataFrame", ratios: "pd.DataFrame", dataset: str) -> plt.Figure:
-    """CLIP-CITE's loss ablation (base / new / HM(mean base, mean new) per seed, bars with 95% CIs over
-    seeds; ``ablation``: base-to-new rows) and its WiSE-FT ratio sweep (base and new lines)."""
+def ablation_bars(ablation: "pd.DataFrame", title: str = "loss ablation (95% CI over seeds)") -> plt.Figure:
+    """Base, new and HM(mean base, mean new) per method, bars with 95% CIs over seeds (``ablation``:
+    base-to-new rows; methods in order of first appearance)."""
     long = harmonic_mean_by_seed(ablation).melt(id_vars=["method", "seed"], value_vars=["base", "new", "HM"], var_name="metric", value_name="accuracy")
     summary = summarise(long, ["method", "metric"])
     methods = list(dict.fromkeys(ablation["method"]))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, ax = plt.subplots(figsize=(1.3 * len(methods) + 2, 3.6))
     for i, metric in enumerate(("base", "new", "HM")):
         rows = summary[summary["metric"] == metric].set_index("method").loc[methods]
-        axes[0].bar(np.arange(len(methods)) + (i - 1) * 0.27, rows["mean"], 0.27, yerr=rows["ci95"], capsize=2, label=metric)
-    axes[0].set_xticks(np.arange(len(methods)), methods)
-    axes[0].set(ylabel="accuracy (%)", title="loss ablation (95% CI over seeds)",
-                ylim=(0, 1.25 * (summary["mean"] + summary["ci95"]).max()))  # headroom for the legend
-    axes[0].legend(ncols=3, fontsize=8, loc="upper center")
-    for part, rows in ratios.groupby("part", sort=False):
-        axes[1].plot(rows["ratio"], rows["accuracy"], marker="o", label=part)
-    axes[1].set(xlabel="interpolation ratio (0 = pretrained, 1 = fine-tuned)", ylabel="accuracy (%)",
-                title=f"weight-space interpolation ({dataset}, one seed)")
-    axes[1].legend(fontsize=8)
+        ax.bar(np.arange(len(methods)) + (i - 1) * 0.27, rows["mean"], 0.27, yerr=rows["ci95"], capsize=2, label=metric)
+    ax.set_xticks(np.arange(len(methods)), methods)
+    ax.set(ylabel="accuracy (%)", title=title, ylim=(0, 1.25 * (summary["mean"] + summary["ci95"]).max()))  # legend headroom
+    ax.legend(ncols=3, fontsize=8, loc="upper center")
     fig.tight_layout()
     return fig
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from fslib.features import preprocess_images
-from fslib.methods.apex import (APEX_TEMPLATE, PromptedCLIP, augment_batch, class_distances, ensemble_weights,
+from fslib.methods.apex import (APEX_TEMPLATE, PromptedCLIP, class_distances, ensemble_weights,
                                 relative_transfer_difficulty)
 from fslib.methods.baselines import ZeroShot
 from tests.conftest import make_dataset
@@ -109,12 +109,6 @@ def test_one_modality_ensembles_mix_only_that_modality(random_clip):
     assert not torch.allclose(logits["image"], logits["both"]) and not torch.allclose(logits["text"], logits["both"])
     with pytest.raises(ValueError, match="unknown ensemble_modality 'audio'; allowed: both, text, image"):
         PromptedCLIP(random_clip, ensemble_modality="audio")
-
-
-def test_augmentation_is_seeded_and_keeps_the_shape():
-    pixels = torch.rand(3, 3, 16, 16)
-    first, again, other = augment_batch(pixels, 1), augment_batch(pixels, 1), augment_batch(pixels, 2)
-    assert first.shape == pixels.shape and torch.equal(first, again) and not torch.equal(first, other)
 
 
 def test_gains_over_zero_shot_pair_each_method_with_zero_shot_on_the_same_seed():

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fslib.methods.clip_cite import (dva_loss, interpolate_weights, make_variant, same_class_negatives, scl_loss,
-                                     vld_loss)
+from fslib.methods.clip_cite import (at_ratio, dva_loss, interpolate_weights, interpolation_path, make_variant,
+                                     same_class_negatives, scl_loss, vld_loss)
 from tests.conftest import make_dataset
 
 
@@ -54,5 +54,33 @@ def test_fit_and_interpolate_the_whole_model(random_clip):
     assert all(torch.equal(a, b) for a, b in zip(method.model.parameters(), random_clip.model.parameters()))
     method.set_interpolation(1.0)
     assert not torch.equal(method.model.visual.proj, random_clip.model.visual.proj)
-    with pytest.raises(ValueError, match="unknown variant 'LoRA'; allowed: CLIP-CITE, fine-tuning, FLYP"):
+    with pytest.raises(ValueError, match="unknown variant 'LoRA'; allowed: CLIP-CITE, fine-tuning, FLYP, DVA, SCL"):
         make_variant(random_clip, "LoRA")
+
+
+def test_frozen_variants_train_what_their_names_say(random_clip):
+    data = make_dataset(3, 4)
+    runs = {v: make_variant(random_clip, v, epochs=1, lr=1e-3, batch_size=6).fit(data) for v in ("CLIP-CITE", "FrozenTC", "FrozenTE")}
+    pre = random_clip.model.state_dict()
+    moved = lambda v, key: not torch.equal(runs[v].finetuned[key], pre[key])
+    assert moved("FrozenTE", "visual.proj") and not moved("FrozenTE", "text_projection")
+    assert moved("CLIP-CITE", "text_projection") and moved("FrozenTC", "text_projection")
+    classifier = 3 * random_clip.model.text_projection.shape[1]
+    assert runs["CLIP-CITE"].trainable_parameters() - runs["FrozenTC"].trainable_parameters() == classifier
+    text = sum(p.numel() for n, p in random_clip.model.named_parameters() if not n.startswith("visual.") and n != "logit_scale")
+    assert runs["CLIP-CITE"].trainable_parameters() - runs["FrozenTE"].trainable_parameters() == text
+
+
+def test_one_fit_is_scored_along_the_interpolation_path(random_clip):
+    import pandas as pd
+
+    from fslib.methods import ZeroShot
+
+    method = make_variant(random_clip, "fine-tuning", epochs=1, lr=1e-3, batch_size=6)
+    method.fit(make_dataset(3, 4))
+    assert [s["ratio"] for s in method.interpolations([0.0, 0.5])] == [0.0, 0.5] and method.interpolation == 1.0
+    variations = interpolation_path([0.0, 1.0])
+    assert list(variations(ZeroShot(random_clip))) == [{}]
+    rows = pd.DataFrame({"method": ["a", "a", "b"], "ratio": [0.0, 1.0, 1.0], "accuracy": [1.0, 2.0, 3.0]})
+    relabelled = at_ratio(rows, {"zero-shot": ("a", 0.0), "tuned": ("a", 1.0)})
+    assert relabelled.method.tolist() == ["zero-shot", "tuned"] and relabelled.accuracy.tolist() == [1.0, 2.0]

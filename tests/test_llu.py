@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fslib.features import encode_images
+from fslib.features import augmented_features, encode_images
 from fslib.methods.baselines import ZeroShot
 from fslib.methods.llu import LLU, GlobalResidualAdapter, LocalAffine, TipAdapter, locality_weight, reduce_centres, update_field_2d
 from tests.conftest import make_dataset
@@ -53,7 +53,7 @@ def test_adapters_fit_and_score_new_classes(random_clip):
         method.fit(data)
         assert method.logits(features).shape == (20, 4)
         assert method.logits(features, ["zebra", "class1"]).shape == (20, 2)
-        assert method.fit_seconds >= 0
+        assert method.fit_seconds is not None and method.fit_seconds >= 0
 
 
 def test_toy_update_field_is_local():
@@ -74,11 +74,38 @@ def test_llu_is_fast_by_construction_cached_features_and_two_small_maps(random_c
     once the features are cached, fitting never runs the image tower, and it trains two d x d affine maps."""
     data = make_dataset(5, 16)
     encode_images(random_clip, data, progress=False)
+    augmented_features(random_clip, data, views=4, seed=0)  # the training views, cached like the features
 
     def no_tower(*args, **kwargs):
         raise AssertionError("LLU.fit ran the image tower on cached features")
 
     monkeypatch.setattr(random_clip.model, "encode_image", no_tower)
-    llu = LLU(random_clip, steps=5).fit(data)
+    llu = LLU(random_clip, steps=5, views=4, seed=0).fit(data)
     d = random_clip.model.text_projection.shape[1]
     assert llu.trainable_parameters() == 2 * (d * d + d)
+
+
+def test_tuned_on_validation_picks_from_the_grid_on_the_supports_classes(random_clip):
+    from fslib.fewshot import base_new_split
+    from fslib.methods.base import TunedOnValidation
+
+    support, _ = base_new_split(make_dataset(4, 5))
+    tuned = TunedOnValidation(lambda alpha: TipAdapter(random_clip, alpha=alpha), [0.5, 2.0],
+                              {"toy": make_dataset(4, 3, seed=1)}).fit(support)
+    assert tuned.name == "Tip-Adapter" and list(tuned.table.value) == [0.5, 2.0]
+    assert tuned.chosen.alpha in (0.5, 2.0) and tuned.logits(support).shape == (len(support), 2)
+    memo = {}
+    first = TunedOnValidation(lambda alpha: TipAdapter(random_clip, alpha=alpha), [0.5, 2.0], {"toy": make_dataset(4, 3, seed=1)}, memo)
+    first.fit(support)
+    again = TunedOnValidation(lambda alpha: TipAdapter(random_clip, alpha=alpha), [0.5, 2.0], {}, memo).fit(support)  # no search
+    assert again.chosen.alpha == first.chosen.alpha and len(memo) == 1
+    with pytest.raises(ValueError, match="no validation split given for 'toy'; given: other"):
+        TunedOnValidation(lambda alpha: TipAdapter(random_clip, alpha=alpha), [1.0], {"other": support}).fit(support)
+
+
+def test_llu_trains_on_augmented_views_but_centres_on_the_shots(random_clip):
+    data = make_dataset(3, 4)
+    llu = LLU(random_clip, steps=2, views=3, max_centres=100).fit(data)
+    features, labels = llu._training_features(data)
+    assert features.shape[0] == 3 * len(data) and torch.equal(labels[:len(data)], labels[len(data):2 * len(data)])
+    assert len(llu.image_map.centres) == len(data)

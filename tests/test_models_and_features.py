@@ -73,3 +73,20 @@ def test_subsets_are_served_from_the_full_datasets_features(random_clip):
     subset = dataset.subset([5, 1, 3]).subset([2, 0])  # nested: indices 3 and 5 of the full dataset
     assert torch.equal(encode_images(random_clip, subset, progress=False), full[[3, 5]])
     assert len(list(cache_dir().glob("*.pt"))) == 1
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_augmentation_is_seeded_and_keeps_the_shape(flip):
+    pixels = torch.rand(3, 3, 16, 16)
+    first, again = features.augment_pixels(pixels, 1, flip), features.augment_pixels(pixels, 1, flip)
+    other = features.augment_pixels(pixels, 2, flip)
+    assert first.shape == pixels.shape and torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_augmented_features_are_view_major_unit_vectors(random_clip):
+    data = make_dataset(n_classes=2, per_class=3)
+    views = features.augmented_features(random_clip, data, views=2, seed=0)
+    assert views.shape == (2 * len(data), random_clip.model.text_projection.shape[1])
+    assert torch.allclose(views.norm(dim=-1), torch.ones(len(views)), atol=1e-5)
+    assert torch.equal(views, features.augmented_features(random_clip, data, views=2, seed=0))
+    assert not torch.allclose(views[:len(data)], views[len(data):])  # two different crops of each image

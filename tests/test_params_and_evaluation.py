@@ -187,3 +187,11 @@ def test_block_count_or_all():
     assert params.positive_int_or_all("expert_blocks", 2) == 2
     with pytest.raises(ValueError, match="expert_blocks=0 is not allowed; allowed: a positive integer or 'all'"):
         params.positive_int_or_all("expert_blocks", 0)
+
+
+def test_wise_ratios_must_hold_the_three_points_read():
+    assert params.wise_ratios("ratios", "1,0,0.5,0.25") == [0.0, 0.25, 0.5, 1.0]
+    with pytest.raises(ValueError, match=r"ratios=\[0.0, 1.0\] is not allowed; it must include 0.5"):
+        params.wise_ratios("ratios", [0.0, 1.0])
+    with pytest.raises(ValueError, match="must be a list of numbers in \\[0, 1\\]"):
+        params.wise_ratios("ratios", [0.0, 0.5, 1.0, 1.5])

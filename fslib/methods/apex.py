@@ -25,6 +25,7 @@ CLIP's weights and temperature stay frozen; training is cross-entropy on ``exp(s
 from __future__ import annotations
 
 import math
+import time
 from typing import Sequence
 
 import pandas as pd
@@ -32,12 +33,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import precision_score
-from torchvision.transforms import v2 as transforms
 from tqdm.auto import tqdm
 
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import accuracy, cross_dataset, summarise
-from fslib.features import encode_images, preprocess_images
+from fslib.features import augment_pixels, encode_images, preprocess_images
 from fslib.fewshot import base_to_new_sets, few_shot, fixed_test_sample
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, zero_shot_classifier
@@ -66,16 +66,6 @@ def relative_transfer_difficulty(zero_shot_accuracy: float, num_classes: int) ->
     """RTD = accuracy of a random classifier / accuracy of zero-shot CLIP = 1 / (C · acc_g) (Def. 1, with
     accuracy for the paper's unspecified "precision": it reproduces most of its Table 16, notes §2.2)."""
     return 1.0 / (num_classes * max(zero_shot_accuracy, 1e-8))
-
-
-def augment_batch(pixels: torch.Tensor, seed: int) -> torch.Tensor:
-    """Random resized crop (scale 0.5-1, back to the input size) and horizontal flip, drawn per image
-    with ``seed``, on preprocessed tensors: the official configs' training augmentation (notes §3)."""
-    augment = transforms.Compose([transforms.RandomResizedCrop(pixels.shape[-1], scale=(0.5, 1.0), antialias=True),
-                                  transforms.RandomHorizontalFlip()])
-    with torch.random.fork_rng(devices=[]):  # the seed decides the crops; the global stream is left alone
-        torch.manual_seed(seed)
-        return torch.stack([augment(image) for image in pixels])
 
 
 class PromptedCLIP(Method):
@@ -187,7 +177,8 @@ class PromptedCLIP(Method):
 
         def step_loss(step: int) -> torch.Tensor:
             idx = next(batches)
-            batch = augment_batch(inputs[idx], self.seed * 100_003 + step) if self.augment else inputs[idx]
+            # the official configs' training augmentation (notes §3): crops of 0.5-1 of the area and flips
+            batch = augment_pixels(inputs[idx], self.seed * 100_003 + step, flip=True, min_scale=0.5) if self.augment else inputs[idx]
             if self.visual_depth:
                 image = self.image_features_prompted(batch)
             elif pixels:  # augmented views through the frozen tower
@@ -201,9 +192,11 @@ class PromptedCLIP(Method):
 
         steps = self.epochs * math.ceil(len(labels) / self.batch_size)
         # Adadelta with a high LR and a cosine schedule after one warm-up epoch (notes §3); CLIP stays frozen
+        start = time.perf_counter()
         with frozen(self.clip.model):
             train(params, step_loss, steps, self.lr, optimizer="adadelta", weight_decay=self.weight_decay,
                   warmup_steps=math.ceil(len(labels) / self.batch_size), device=self.clip.device, progress=False)
+        self.fit_seconds = time.perf_counter() - start
         for p in params:
             p.requires_grad_(False)
         return self

@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import evaluate
+from fslib.fewshot import base_new_split
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, zero_shot_classifier
 
@@ -79,3 +80,20 @@ def zero_shot_table(clip: Clip, names: Sequence[str], split: str = "test") -> pd
                      "chance": 100 / data.num_classes, "zero_shot": acc,
                      "ci_low": 100 * interval.low, "ci_high": 100 * interval.high})
     return pd.DataFrame(rows)
+
+
+def new_class_signal(clip: Clip, names: Sequence[str], split: str = "val", above_chance: float = 10.0,
+                     ceiling: float = 90.0) -> pd.DataFrame:
+    """Which datasets can show whether a method keeps its new classes: zero-shot accuracy on the base
+    and new halves of ``split`` (validation by default, so no test image decides it), with
+    ``informative`` set where new-class accuracy lies ``above_chance`` points over chance and below
+    ``ceiling``. At chance there is nothing to lose, at the ceiling no room to show a loss."""
+    rows = []
+    for name in names:
+        base, new = base_new_split(load_dataset(name, split))
+        zero_shot = {part: evaluate(ZeroShot(clip).fit(data), data) for part, data in (("base", base), ("new", new))}
+        chance = 100 / new.num_classes
+        rows.append({"dataset": name, "zero-shot base": zero_shot["base"], "zero-shot new": zero_shot["new"],
+                     "new chance": chance,
+                     "informative": bool(chance + above_chance <= zero_shot["new"] <= ceiling)})
+    return pd.DataFrame(rows).set_index("dataset")

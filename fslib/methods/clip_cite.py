@@ -17,14 +17,16 @@ The paper prints no temperature for Eqs. 2-5: every softmax here uses CLIP's own
 At inference both encoders are interpolated in weight space with the pretrained ones (Eq. 7, WiSE-FT,
 ratio 0.5) and classify zero-shot style with the class prompts, so new classes can be scored.
 
-``FullFineTune`` with other switches gives the baselines of the same harness: plain fine-tuning
-(``L_DVA`` only, no interpolation) and FLYP (CLIP's contrastive loss on class prompts, no masking).
+``FullFineTune`` with other switches gives the ablations and baselines of the same harness (``VARIANTS``):
+Table 4's loss subsets, FrozenTC / FrozenTE, plain fine-tuning (``L_DVA`` only, no interpolation) and FLYP
+(CLIP's contrastive loss on class prompts, no masking).
 """
 from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
+import time
+from typing import Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -32,8 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fslib.data import ImageDataset
-from fslib.evaluation import evaluate
-from fslib.features import preprocess_images
+from fslib.features import augment_pixels, preprocess_images
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, prompt_logits_cpu, prompt_tokens
 from fslib.training import minibatches, train
@@ -72,48 +73,66 @@ def interpolate_weights(finetuned: dict[str, torch.Tensor], pretrained: dict[str
 
 
 class FullFineTune(Method):
-    """CLIP-CITE (defaults) and its ablations / baselines as switches (see the module docstring)."""
+    """CLIP-CITE (defaults) and its ablations / baselines as switches (see the module docstring).
+
+    Training follows the paper's §4.1: AdamW with a cosine schedule for ``epochs`` (20) epochs at batch
+    32, on random resized crops of the shots (open_clip's training crop, 90-100% of the area: in the tiny
+    world a smaller crop can cut away the objects that make the label). ``train_classifier=False`` is the paper's FrozenTC (the DVA
+    classifier stays at the text embeddings), ``train_text=False`` its FrozenTE (the text encoder is
+    frozen, Fig. 4). The seed sets the minibatch order and the crops.
+    """
 
     def __init__(self, clip: Clip, name: str = "CLIP-CITE", dva: float = 1.0, scl: float = 0.7, vld: float = 0.1,
-                 mask_same_class: bool = True, interpolation: float = 0.5, epochs: int = 10, lr: float = 1e-5,
-                 batch_size: int = 32, seed: int = 0):
+                 mask_same_class: bool = True, interpolation: float = 0.5, epochs: int = 20, lr: float = 1e-5,
+                 batch_size: int = 32, augment: bool = True, train_classifier: bool = True, train_text: bool = True,
+                 seed: int = 0):
         super().__init__(clip)
         self.name, self.dva, self.scl, self.vld, self.mask_same_class = name, dva, scl, vld, mask_same_class
         self.interpolation, self.epochs, self.lr, self.batch_size, self.seed = interpolation, epochs, lr, batch_size, seed
+        self.augment, self.train_classifier, self.train_text = augment, train_classifier, train_text
         self.finetuned: dict[str, torch.Tensor] = {}
         self.model = clip.model
 
     def fit(self, support: ImageDataset) -> "FullFineTune":
         self._remember(support)
-        torch.manual_seed(self.seed)
         student = copy.deepcopy(self.clip.model).train()
         student.logit_scale.requires_grad_(False)  # CLIP's temperature, frozen (the paper prints none)
-        teacher, scale = self.clip.model, self.clip.logit_scale
-        tokens = prompt_tokens(self.clip, support).to(self.clip.device)
+        if not self.train_text:  # FrozenTE
+            for name, p in student.named_parameters():
+                p.requires_grad_(name.startswith("visual."))
+        teacher, scale, device = self.clip.model, self.clip.logit_scale, self.clip.device
+        tokens = prompt_tokens(self.clip, support).to(device)
         with torch.no_grad():
-            classifier = nn.Parameter(F.normalize(teacher.encode_text(tokens), dim=-1).clone())
+            teacher_text = F.normalize(teacher.encode_text(tokens), dim=-1)
+        classifier = nn.Parameter(teacher_text.clone(), requires_grad=self.train_classifier)  # Eq. 2: W = θ_T(t)
         images, labels = preprocess_images(self.clip, support), torch.as_tensor(support.labels)
         batches = minibatches(len(labels), self.batch_size, torch.Generator().manual_seed(self.seed))
 
-        def step_loss(_: int) -> torch.Tensor:
+        def step_loss(step: int) -> torch.Tensor:
             idx = next(batches)
-            x, y = images[idx].to(self.clip.device), labels[idx].to(self.clip.device)
+            x = augment_pixels(images[idx], self.seed * 100_003 + step) if self.augment else images[idx]
+            x, y = x.to(device), labels[idx].to(device)
             image = F.normalize(student.encode_image(x), dim=-1)
             loss = self.dva * dva_loss(image, classifier, y, scale) if self.dva else 0.0
             if self.scl or self.vld:
-                similarity = scale * image @ F.normalize(student.encode_text(tokens[y]), dim=-1).T
+                # each class prompt is encoded once and gathered per image: the same values and gradients
+                # as encoding the batch's repeated prompts, at a fraction of the cost
+                classes, index = y.unique(return_inverse=True)
+                text = F.normalize(student.encode_text(tokens[classes]), dim=-1)[index]
+                similarity = scale * image @ text.T
                 if self.scl:
                     loss = loss + self.scl * scl_loss(similarity, y if self.mask_same_class else None)
                 if self.vld:
                     with torch.no_grad():
-                        teacher_similarity = scale * F.normalize(teacher.encode_image(x), dim=-1) @ \
-                            F.normalize(teacher.encode_text(tokens[y]), dim=-1).T
-                    loss = loss + self.vld * vld_loss(similarity, teacher_similarity)
+                        teacher_image = F.normalize(teacher.encode_image(x), dim=-1)
+                    loss = loss + self.vld * vld_loss(similarity, scale * teacher_image @ teacher_text[y].T)
             return loss
 
         steps = self.epochs * math.ceil(len(labels) / self.batch_size)
-        params = [p for p in student.parameters() if p.requires_grad] + ([classifier] if self.dva else [])
-        train(params, step_loss, steps, self.lr, optimizer="adamw", weight_decay=0.0, device=self.clip.device, progress=False)
+        params = [p for p in student.parameters() if p.requires_grad] + ([classifier] if self.dva and self.train_classifier else [])
+        start = time.perf_counter()
+        train(params, step_loss, steps, self.lr, optimizer="adamw", weight_decay=0.0, device=device, progress=False)
+        self.fit_seconds = time.perf_counter() - start
         self.finetuned = {k: v.detach() for k, v in student.state_dict().items()}
         self.set_interpolation(self.interpolation)
         return self
@@ -125,6 +144,15 @@ class FullFineTune(Method):
         self.model.load_state_dict(interpolate_weights(self.finetuned, self.clip.model.state_dict(), ratio))
         return self
 
+    def interpolations(self, ratios: Sequence[float]) -> Iterator[dict]:
+        """Set each WiSE-FT ratio in turn (for :func:`~fslib.evaluation.base_to_new`'s ``variations``),
+        then restore the fitted one: one fit is scored along the whole interpolation path (Fig. 5)."""
+        fitted = self.interpolation
+        for ratio in ratios:
+            self.set_interpolation(ratio)
+            yield {"ratio": ratio}
+        self.set_interpolation(fitted)
+
     @torch.no_grad()
     def logits(self, images: Images, classnames: Sequence[str] | None = None) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
@@ -134,30 +162,45 @@ class FullFineTune(Method):
         return prompt_logits_cpu(self.model, preprocess_images(self.clip, images), tokens)
 
     def trainable_parameters(self) -> int:
-        return sum(p.numel() for n, p in self.clip.model.named_parameters() if n != "logit_scale") + \
-            (len(self.classnames) * self.clip.model.text_projection.shape[1] if self.dva else 0)
+        towers = sum(p.numel() for n, p in self.clip.model.named_parameters()
+                     if n != "logit_scale" and (self.train_text or n.startswith("visual.")))
+        classifier = len(self.classnames) * self.clip.model.text_projection.shape[1] if self.dva and self.train_classifier else 0
+        return towers + classifier
+
+
+# The named configurations: CLIP-CITE, the rows of the paper's Table 4 (loss ablation, all interpolated
+# at 0.5), FrozenTC / FrozenTE (Fig. 4) and the baselines (plain fine-tuning and FLYP, not interpolated).
+VARIANTS = {
+    "CLIP-CITE": {},
+    "fine-tuning": dict(scl=0.0, vld=0.0, interpolation=1.0),
+    "FLYP": dict(dva=0.0, scl=1.0, vld=0.0, mask_same_class=False, interpolation=1.0),
+    "DVA": dict(scl=0.0, vld=0.0),
+    "SCL": dict(dva=0.0, vld=0.0),
+    "DVA+SCL": dict(vld=0.0),
+    "DVA+VLD": dict(scl=0.0),
+    "FrozenTC": dict(train_classifier=False),
+    "FrozenTE": dict(train_text=False),
+}
 
 
 def make_variant(clip: Clip, variant: str, **overrides) -> FullFineTune:
-    """The named configurations of the notebook: CLIP-CITE, its loss ablations, and the baselines."""
-    variants = {
-        "CLIP-CITE": {},
-        "fine-tuning": dict(scl=0.0, vld=0.0, interpolation=1.0),
-        "FLYP": dict(dva=0.0, scl=1.0, vld=0.0, mask_same_class=False, interpolation=1.0),
-        "DVA": dict(scl=0.0, vld=0.0),
-        "DVA+SCL": dict(vld=0.0),
-    }
-    if variant not in variants:
-        raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(variants)}")
-    return FullFineTune(clip, name=variant, **{**variants[variant], **overrides})
+    """One of ``VARIANTS``, with any :class:`FullFineTune` argument overridden."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+    return FullFineTune(clip, name=variant, **{**VARIANTS[variant], **overrides})
 
 
-def interpolation_sweep(method: FullFineTune, tests: dict[str, ImageDataset], ratios: Sequence[float]):
-    """Accuracy of a fitted method on each named test set over WiSE-FT ratios (0 = pretrained)."""
-    rows, previous = [], method.interpolation
-    for ratio in ratios:
-        method.set_interpolation(ratio)
-        rows += [{"ratio": ratio, "part": part, "accuracy": evaluate(method, test, test.classnames)}
-                 for part, test in tests.items()]
-    method.set_interpolation(previous)
-    return pd.DataFrame(rows)
+def at_ratio(results: pd.DataFrame, rows: dict[str, tuple[str, float]]) -> pd.DataFrame:
+    """Rows of a ``base_to_new`` run with a ``ratio`` column, relabelled: ``{label: (method, ratio)}``.
+    How one fit serves several arms: plain fine-tuning (α = 1) and Table 4's DVA row (α = 0.5) share
+    the DVA-only fit, and α = 0 is zero-shot with CLIP-CITE's own single prompt."""
+    return pd.concat([results[(results.method == method) & (results.ratio == ratio)].assign(method=label)
+                      for label, (method, ratio) in rows.items()], ignore_index=True)
+
+
+def interpolation_path(ratios: Sequence[float]):
+    """``variations`` for :func:`~fslib.evaluation.base_to_new`: a fine-tuned model is scored at every
+    WiSE-FT ratio in ``ratios``; any other method once, as it is."""
+    def variations(method: Method) -> Iterator[dict]:
+        return method.interpolations(ratios) if isinstance(method, FullFineTune) else iter([{}])
+    return variations

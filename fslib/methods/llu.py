@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from sklearn.cluster import AgglomerativeClustering
 
 from fslib.data import ImageDataset, load_dataset
+from fslib.features import augmented_features
 from fslib.fewshot import base_to_new_sets, few_shot
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, zero_shot_classifier
@@ -77,23 +78,34 @@ class LocalAffine(nn.Module):
 
 
 class _FeatureMethod(Method):
-    """Shared pieces of the cached-feature methods here: text features and timed training."""
+    """Shared pieces of the cached-feature methods here: text features, augmented training views and
+    timed training.
 
-    fit_seconds: float = 0.0
+    With ``views > 0`` a method trains on that many random resized crops of every support image
+    (:func:`~fslib.features.augmented_features`, seeded), as CLIP-Adapter does and as LLU's reference
+    code implies (notes §2.3); ``views = 0`` trains on the single un-augmented view.
+    """
+
+    views: int = 0
+    seed: int = 0
 
     def _text(self, classnames: Sequence[str] | None) -> torch.Tensor:
         return zero_shot_classifier(self.clip, list(classnames or self.classnames), self.templates)
 
-    def _train(self, params, features, labels, step_logits, steps, lr, batch_size, seed, penalty=lambda: 0.0):
-        batches = minibatches(len(labels), batch_size, torch.Generator().manual_seed(seed))
+    def _training_features(self, support: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.as_tensor(support.labels)
+        if not self.views:
+            return self.image_features(support), labels
+        return augmented_features(self.clip, support, self.views, self.seed), labels.repeat(self.views)
+
+    def _train(self, params, features, labels, step_logits, steps, lr, batch_size, penalty=lambda: 0.0):
+        batches = minibatches(len(labels), batch_size, torch.Generator().manual_seed(self.seed))
 
         def step_loss(_: int) -> torch.Tensor:
             idx = next(batches)
             return F.cross_entropy(step_logits(features[idx]), labels[idx]) + penalty()
 
-        start = time.perf_counter()
         train(params, step_loss, steps, lr, optimizer="adam", cosine=False, progress=False)
-        self.fit_seconds = time.perf_counter() - start
 
 
 class LLU(_FeatureMethod):
@@ -102,26 +114,28 @@ class LLU(_FeatureMethod):
     name = "LLU"
 
     def __init__(self, clip: Clip, gamma: float = 0.5, kappa: float = 10.0, max_centres: int = 50,
-                 reg_weight: float = 1.0, steps: int = 300, lr: float = 1e-3, batch_size: int = 64, seed: int = 0):
+                 reg_weight: float = 1.0, steps: int = 300, lr: float = 1e-3, batch_size: int = 64, views: int = 4,
+                 seed: int = 0):
         super().__init__(clip)
         self.gamma, self.kappa, self.max_centres, self.reg_weight = gamma, kappa, max_centres, reg_weight
-        self.steps, self.lr, self.batch_size, self.seed = steps, lr, batch_size, seed
+        self.steps, self.lr, self.batch_size, self.views, self.seed = steps, lr, batch_size, views, seed
         dim = clip.model.text_projection.shape[1]
         self.image_map, self.text_map = LocalAffine(dim), LocalAffine(dim)
 
     def fit(self, support: ImageDataset) -> "LLU":
         self._remember(support)
+        features, labels = self._training_features(support)
+        centres, text = self.image_features(support), self._text(None)
         start = time.perf_counter()
-        features, labels = self.image_features(support), torch.as_tensor(support.labels)
-        text = self._text(None)
-        self.image_map.centres = reduce_centres(features, self.max_centres)
+        # centres are the un-augmented shots (notes §2.4): augmented training views sit near, not on, them
+        self.image_map.centres = reduce_centres(centres, self.max_centres)
         self.text_map.centres = reduce_centres(text, self.max_centres)
         scale = self.clip.logit_scale
         params = list(self.image_map.parameters()) + list(self.text_map.parameters())
         self._train(params, features, labels, lambda v: scale * self.image_map(v, self.gamma, self.kappa) @ self.text_map(text, self.gamma, self.kappa).T,
-                    self.steps, self.lr, self.batch_size, self.seed,
+                    self.steps, self.lr, self.batch_size,
                     penalty=lambda: self.reg_weight * (self.image_map.penalty() + self.text_map.penalty()))
-        self.fit_seconds = time.perf_counter() - start  # centres included
+        self.fit_seconds = time.perf_counter() - start  # centres and training; cached features excluded
         return self
 
     @torch.no_grad()
@@ -151,23 +165,25 @@ class GlobalResidualAdapter(_FeatureMethod):
     name = "CLIP-Adapter"
 
     def __init__(self, clip: Clip, ratio: float = 0.2, reduction: int = 4, steps: int = 300, lr: float = 1e-3,
-                 batch_size: int = 64, seed: int = 0):
+                 batch_size: int = 64, views: int = 4, seed: int = 0):
         super().__init__(clip)
         dim = clip.model.text_projection.shape[1]
         torch.manual_seed(seed)
         self.mlp = nn.Sequential(nn.Linear(dim, dim // reduction, bias=False), nn.ReLU(),
                                  nn.Linear(dim // reduction, dim, bias=False), nn.ReLU())
-        self.ratio, self.steps, self.lr, self.batch_size, self.seed = ratio, steps, lr, batch_size, seed
+        self.ratio, self.steps, self.lr, self.batch_size, self.views, self.seed = ratio, steps, lr, batch_size, views, seed
 
     def adapt(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.ratio * self.mlp(features) + (1 - self.ratio) * features, dim=-1)
 
     def fit(self, support: ImageDataset) -> "GlobalResidualAdapter":
         self._remember(support)
-        features, labels, text = self.image_features(support), torch.as_tensor(support.labels), self._text(None)
+        (features, labels), text = self._training_features(support), self._text(None)
         scale = self.clip.logit_scale
+        start = time.perf_counter()
         self._train(list(self.mlp.parameters()), features, labels, lambda v: scale * self.adapt(v) @ text.T,
-                    self.steps, self.lr, self.batch_size, self.seed)
+                    self.steps, self.lr, self.batch_size)
+        self.fit_seconds = time.perf_counter() - start
         return self
 
     @torch.no_grad()
@@ -195,10 +211,9 @@ class TipAdapter(_FeatureMethod):
 
     def fit(self, support: ImageDataset) -> "TipAdapter":
         self._remember(support)
-        start = time.perf_counter()
         self.keys = self.image_features(support)
         self.values = F.one_hot(torch.as_tensor(support.labels), support.num_classes).float()
-        self.fit_seconds = time.perf_counter() - start
+        self.fit_seconds = 0.0  # training-free: the cache is the support set's (cached) features
         return self
 
     @torch.no_grad()
