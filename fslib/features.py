@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -51,16 +52,19 @@ def preprocess_images(clip: Clip, dataset: ImageDataset) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _encode(clip: Clip, dataset: ImageDataset, batch_size: int, progress: bool) -> torch.Tensor:
+def _encode_batches(clip: Clip, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    """L2-normalised image features of preprocessed pixel batches, in eval mode (restored after)."""
     was_training = clip.model.training
     clip.model.eval()
-    out = []
-    starts = range(0, len(dataset), batch_size)
-    for start in tqdm(starts, desc=f"encoding {dataset.name}/{dataset.split}", disable=not progress, leave=False):
-        batch = torch.stack([clip.preprocess(dataset.image(i)) for i in range(start, min(start + batch_size, len(dataset)))])
-        out.append(F.normalize(clip.model.encode_image(batch.to(clip.device)).float(), dim=-1).cpu())
+    out = [F.normalize(clip.model.encode_image(batch.to(clip.device)).float(), dim=-1).cpu() for batch in batches]
     clip.model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+def _encode(clip: Clip, dataset: ImageDataset, batch_size: int, progress: bool) -> torch.Tensor:
+    starts = tqdm(range(0, len(dataset), batch_size), desc=f"encoding {dataset.name}/{dataset.split}", disable=not progress, leave=False)
+    return _encode_batches(clip, (torch.stack([clip.preprocess(dataset.image(i)) for i in range(start, min(start + batch_size, len(dataset)))])
+                                  for start in starts))
 
 
 def encode_images(clip: Clip, dataset: ImageDataset, batch_size: int = 256, cache: bool = True,
@@ -105,18 +109,14 @@ def augment_pixels(pixels: torch.Tensor, seed: int, flip: bool = False, min_scal
         return torch.stack([augment(image) for image in pixels])
 
 
-@torch.no_grad()
 def augmented_features(clip: Clip, dataset: ImageDataset, views: int, seed: int, batch_size: int = 256) -> torch.Tensor:
     """L2-normalised features of ``views`` random resized crops of every image (:func:`augment_pixels`),
     view-major: (views * N, D), row ``v * N + i`` is view ``v`` of image ``i``. What a frozen-encoder
-    method trains on when its paper augments the training images; cached like :func:`encode_images`."""
+    method trains on when its paper augments the training images; kept in this process's memory cache
+    (under the same key as :func:`encode_images` plus views and seed), not on disk."""
     key = f"{feature_key(clip, dataset)}:views{views}:seed{seed}"
     if key not in _MEMORY:
-        was_training = clip.model.training
-        clip.model.eval()
         pixels = preprocess_images(clip, dataset)
         crops = torch.cat([augment_pixels(pixels, seed * 1_000 + view) for view in range(views)])
-        out = [F.normalize(clip.model.encode_image(chunk.to(clip.device)).float(), dim=-1).cpu() for chunk in crops.split(batch_size)]
-        clip.model.train(was_training)
-        _MEMORY[key] = torch.cat(out) if out else torch.empty(0)
+        _MEMORY[key] = _encode_batches(clip, crops.split(batch_size))
     return _MEMORY[key]
