@@ -110,13 +110,17 @@ class ImageDataset:
     def fingerprint(self) -> str:
         """A content hash of images, labels and class names: the dataset part of the cache key. Computed once
         per object (hashing a split's pixels takes milliseconds and every episode asks for it); a changed
-        dataset is a new object (:meth:`subset`, ``dataclasses.replace``)."""
+        dataset is a new object (:meth:`subset`, ``dataclasses.replace``). A subset's is its full dataset's
+        plus its indices, so a file list is stat-ed once per dataset, not once per few-shot sample or episode."""
         if self._fingerprint is not None:
             return self._fingerprint
         h = hashlib.sha1()
         h.update(json.dumps([self.name, self.split, self.classnames]).encode())
         h.update(self.labels.tobytes())
-        if isinstance(self.images, np.ndarray):
+        if self.parent is not None:
+            h.update(self.parent.fingerprint().encode())
+            h.update(np.asarray(self.parent_indices, dtype=np.int64).tobytes())
+        elif isinstance(self.images, np.ndarray):
             h.update(np.ascontiguousarray(self.images).tobytes())
         elif all(isinstance(p, (str, Path)) for p in self.images):
             for path in self.images:

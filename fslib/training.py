@@ -1,4 +1,4 @@
-"""One small training loop shared by every method: optimiser, cosine schedule, autocast, progress bar.
+"""One small training loop shared by every method: optimiser, cosine schedule, precision, progress bar.
 
 Methods express a training step as a function ``step_loss(step) -> loss`` (drawing their own batch),
 and :func:`train` does the rest. Keeping the loop this small is deliberate: what differs between
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 from typing import Callable, Iterable, Iterator
 
@@ -54,11 +55,53 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_precision = os.environ.get("FSLIB_PRECISION", "auto")
+
+
+def set_precision(name: str) -> None:
+    """The one precision setting every loop that trains or encodes honours (also ``$FSLIB_PRECISION``):
+    ``fp32``; ``bf16`` autocast; ``fp16`` autocast with a gradient scaler; ``auto`` (the default) is bf16
+    on CUDA and fp32 elsewhere (CPU bf16 only pays off for large models on CPUs with native bf16)."""
+    global _precision
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; allowed: {', '.join(PRECISIONS)}")
+    _precision = name
+
+
+@contextlib.contextmanager
+def precision_scope(name: str) -> Iterator[None]:
+    """:func:`set_precision` for the duration of a ``with`` block, then the previous setting again."""
+    global _precision
+    previous = _precision
+    set_precision(name)
+    try:
+        yield
+    finally:
+        _precision = previous
+
+
+def precision(device: torch.device | str) -> str:
+    """The precision in force on ``device``: ``auto`` resolved to ``fp32`` or ``bf16``."""
+    if _precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {_precision!r} (from FSLIB_PRECISION); allowed: {', '.join(PRECISIONS)}")
+    if _precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return _precision
+
+
 def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; full precision elsewhere (CPU bf16 is slower than fp32 for small models)."""
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """Autocast to the :func:`precision` in force on ``device`` (a no-op for fp32)."""
+    name = precision(device)
+    if name == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if name == "bf16" else torch.float16)
+
+
+def grad_scaler(device: torch.device | str) -> torch.amp.GradScaler:
+    """A gradient scaler that is active only under fp16 (bf16 and fp32 need none): use it as
+    ``scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`` on every path alike."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=precision(device) == "fp16")
 
 
 @contextlib.contextmanager
@@ -92,13 +135,14 @@ def train(params: Iterable[torch.nn.Parameter], step_loss: Callable[[int], torch
     """
     opt = make_optimizer(params, optimizer, lr, weight_decay)
     schedule = cosine_schedule(opt, steps, warmup_steps) if cosine else torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    losses = []
+    scaler, losses = grad_scaler(device), []
     for step in (bar := tqdm(range(steps), desc=desc, disable=not progress, leave=False)):
         with autocast(device):
             loss = step_loss(step)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         schedule.step()
         losses.append(float(loss.detach()))
         if progress and step % 10 == 0:

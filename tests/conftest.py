@@ -12,7 +12,7 @@ def isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("FSLIB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FSLIB_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("FSLIB_FIGURES", str(tmp_path / "figures"))
-    monkeypatch.setattr(features, "_MEMORY", {})
+    monkeypatch.setattr(features, "_MEMORY", features.memory_cache())
 
 
 @pytest.fixture(scope="session")

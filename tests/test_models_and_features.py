@@ -90,3 +90,54 @@ def test_augmented_features_are_view_major_unit_vectors(random_clip):
     assert torch.allclose(views.norm(dim=-1), torch.ones(len(views)), atol=1e-5)
     assert torch.equal(views, features.augmented_features(random_clip, data, views=2, seed=0))
     assert not torch.allclose(views[:len(data)], views[len(data):])  # two different crops of each image
+
+
+def test_memory_cache_is_bounded_by_bytes_least_recent_out():
+    cache = features.memory_cache(budget_mb=1)  # 1 MiB: two 0.4 MiB tensors fit, a third evicts the oldest
+    for key in ("a", "b", "c"):
+        cache[key] = torch.zeros(100 * 1024)  # 400 KiB of float32
+    assert list(cache) == ["b", "c"] and cache.currsize <= 2**20
+
+
+def test_a_tensor_larger_than_the_budget_is_returned_not_kept(monkeypatch):
+    monkeypatch.setattr(features, "_MEMORY", features.memory_cache(budget_mb=0.001))
+    big = torch.zeros(10_000)
+    assert features._remember("big", big) is big and "big" not in features._MEMORY
+
+
+def test_a_subset_decodes_only_its_own_images(random_clip, monkeypatch):
+    dataset = make_dataset()
+    decoded = []
+    original = type(dataset).image
+    monkeypatch.setattr(type(dataset), "image", lambda self, i: decoded.append(i) or original(self, i))
+    pixels = features.preprocess_images(random_clip, dataset.subset([4, 9]))
+    assert pixels.shape == (2, 3, 64, 64) and len(decoded) == 2
+    torch.testing.assert_close(pixels[1], random_clip.preprocess(original(dataset, 9)))
+
+
+def test_a_subset_fingerprint_never_stats_the_files_again(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from fslib.data import ImageDataset
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(paths[-1])
+    dataset = ImageDataset("files", "train", ["a", "b"], [0, 0, 1, 1], [str(p) for p in paths], ["a {}."])
+    dataset.fingerprint()
+    monkeypatch.setattr("pathlib.Path.stat", lambda self, **kw: pytest.fail(f"stat({self}) after the first fingerprint"))
+    first, second = dataset.subset([0, 2]), dataset.subset([1, 3])
+    assert first.fingerprint() != second.fingerprint() != dataset.fingerprint()
+
+
+def test_features_under_bf16_are_keyed_apart_and_close(random_clip):
+    from fslib.training import precision_scope
+    dataset = make_dataset(2, 2)
+    full, key = encode_images(random_clip, dataset, progress=False), feature_key(random_clip, dataset)
+    with precision_scope("bf16"):
+        reduced = encode_images(random_clip, dataset, progress=False)
+        assert feature_key(random_clip, dataset) != key
+    assert feature_key(random_clip, dataset) == key  # the scope restored fp32
+    assert len(list(cache_dir().glob("*.pt"))) == 2  # two entries: a bf16 run never reads fp32 features
+    assert not torch.equal(full, reduced)
+    torch.testing.assert_close(full, reduced, atol=0.05, rtol=0)

@@ -195,3 +195,24 @@ def test_wise_ratios_must_hold_the_three_points_read():
         params.wise_ratios("ratios", [0.0, 1.0])
     with pytest.raises(ValueError, match="must be a list of numbers in \\[0, 1\\]"):
         params.wise_ratios("ratios", [0.0, 0.5, 1.0, 1.5])
+
+
+def test_precision_setting_names_the_allowed_values_and_resolves_auto():
+    from fslib import training
+    with pytest.raises(ValueError, match=r"unknown precision 'fp8'; allowed: auto, fp32, bf16, fp16"):
+        training.set_precision("fp8")
+    assert training.precision("cpu") == "fp32" and training.precision("cuda") == "bf16"
+    with training.precision_scope("fp16"):
+        assert training.grad_scaler("cpu").is_enabled() and training.precision("cuda") == "fp16"
+    assert not training.grad_scaler("cpu").is_enabled()
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_training_loop_runs_and_learns_under_reduced_precision(name):
+    from fslib import training
+    weight = torch.nn.Parameter(torch.zeros(4, 4))
+    target = torch.eye(4)
+    with training.precision_scope(name):
+        losses = training.train([weight], lambda step: ((torch.eye(4) @ weight - target) ** 2).mean(), 30, 0.1,
+                                optimizer="adam", cosine=False, progress=False)
+    assert losses[-1] < 0.2 * losses[0]

@@ -102,6 +102,18 @@ def test_meta_train_and_test_time_use(random_clip, episode, blocks):
         SparseInterpolatedExperts(random_clip, "soft")
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_meta_training_and_fine_tuning_honour_the_precision_setting(random_clip, episode, precision):
+    """Every SMAT loop runs under the kit's precision (fp16 through a gradient scaler) and stays close to fp32."""
+    from fslib.training import precision_scope
+    reference = meta_train(random_clip, [episode] * 4, masks="learned", num_experts=2, meta_batch=2, progress=False)
+    with precision_scope(precision):
+        reduced = meta_train(random_clip, [episode] * 4, masks="learned", num_experts=2, meta_batch=2, progress=False)
+        logits = SMAT(random_clip, reduced, finetune="full", steps=2).fit(episode.support).logits(episode.query)
+    assert torch.isfinite(logits).all() and not torch.equal(reduced.delta, reference.delta)
+    torch.testing.assert_close(reduced.delta, reference.delta, atol=5e-3, rtol=0.05)
+
+
 def test_novel_class_split_is_disjoint_and_checked():
     base, novel = novel_class_split(12, 5, 5)
     assert base == list(range(7)) and novel == list(range(7, 12))

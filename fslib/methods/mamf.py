@@ -38,7 +38,7 @@ from fslib.features import preprocess_images
 from fslib.fewshot import EpisodeSampler, few_shot
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, prompt_logits, prompt_logits_cpu, prompt_tokens
-from fslib.training import make_optimizer, minibatches, train
+from fslib.training import autocast, make_optimizer, minibatches, train
 
 STRATEGIES = ("finetune", "mamf", "fomaml")
 
@@ -130,12 +130,21 @@ def fomaml_task_update(model: torch.nn.Module, loss_fn: Callable, support: Seque
     meta = dict(model.named_parameters())
     fast = {k: v.detach().clone().requires_grad_(v.requires_grad) for k, v in meta.items()}
     trainable = [k for k, v in meta.items() if v.requires_grad]
+    device = next(iter(meta.values())).device
+
+    def gradients(batch) -> tuple[torch.Tensor, ...]:
+        # the fast weights are plain tensors, not an optimiser's: fp16's dynamic loss scaling does not
+        # apply, so under fp16 this pass is autocast without a scaler (bf16 needs none)
+        with autocast(device):
+            loss = loss_fn(fast, batch)
+        return torch.autograd.grad(loss, [fast[k] for k in trainable])
+
     for batch in support:
-        grads = torch.autograd.grad(loss_fn(fast, batch), [fast[k] for k in trainable])
+        grads = gradients(batch)
         for k, g in zip(trainable, grads):
             fast[k] = (fast[k] - inner_lr * g).detach().requires_grad_()
     for batch in query:
-        grads = torch.autograd.grad(loss_fn(fast, batch), [fast[k] for k in trainable])
+        grads = gradients(batch)
         outer_optimizer.zero_grad(set_to_none=True)
         for k, g in zip(trainable, grads):
             meta[k].grad = g

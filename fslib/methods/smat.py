@@ -57,7 +57,7 @@ from fslib.features import preprocess_images
 from fslib.fewshot import Episode, EpisodeSampler, fixed_test_sample, restrict_classes
 from fslib.methods.base import Images, Method
 from fslib.models import Clip
-from fslib.training import make_optimizer
+from fslib.training import autocast, grad_scaler, make_optimizer
 
 MASK_MODES = ("learned", "dense", "random", "magnitude", "none")
 ROUTED_MODES = ("learned", "random", "magnitude")  # the modes with M experts and a router
@@ -497,28 +497,33 @@ def meta_train(clip: Clip, episodes: Sequence[Episode], masks: str = "learned", 
     region = experts.region
     density = experts.density() if masks == "learned" else None  # carried from update to update
     batches = [episodes[i:i + meta_batch] for i in range(0, len(episodes), meta_batch)]
+    scaler = grad_scaler(clip.device)  # active under fp16 only; unscaled before the clipping below
     for batch in tqdm(batches, desc=f"meta-training ({masks})", disable=not progress, leave=False):
-        loss = experts.meta_batch_loss([task_tensors(region, episode) for episode in batch], inner_lr, teacher_lr,
-                                       kd_weight, kd_temperature, pretrained_teacher) * len(batch) / meta_batch
+        with autocast(clip.device):
+            loss = experts.meta_batch_loss([task_tensors(region, episode) for episode in batch], inner_lr, teacher_lr,
+                                           kd_weight, kd_temperature, pretrained_teacher) * len(batch) / meta_batch
         experts.tasks_seen += len(batch)
         if masks == "learned":
             loss = loss + experts.sparsity_penalty()
-        loss.backward()
-        delta_opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(delta_opt)
         delta_opt.zero_grad(set_to_none=True)
         if experts.routed:
+            scaler.unscale_(router_opt)
             nn.utils.clip_grad_norm_(experts.router.parameters(), 1.0)
-            router_opt.step()
+            scaler.step(router_opt)
             router_opt.zero_grad(set_to_none=True)
         if masks == "learned":
+            scaler.unscale_(mask_opt)
             nn.utils.clip_grad_norm_([experts.log_alpha], 5.0)
             before = experts.log_alpha.detach().clone()
-            mask_opt.step()
+            scaler.step(mask_opt)
             mask_opt.zero_grad(set_to_none=True)
             with torch.no_grad():
                 experts.log_alpha.clamp_(*LOG_ALPHA_RANGE)
                 density = experts.settle_masks(before, density)
                 experts.update_lagrange(lagrange_lr, density)
+        scaler.update()
         if (experts.tasks_seen // monitor_every) > ((experts.tasks_seen - len(batch)) // monitor_every):
             record()
     experts.seconds += time.perf_counter()
@@ -587,12 +592,15 @@ class SMAT(Method):
                 return out
             opt_params = [p for pair in lora.values() for p in pair]
         optimizer = make_optimizer(opt_params, "adamw", self.lr, weight_decay=0.01)  # torch's AdamW default decay
+        scaler = grad_scaler(self.clip.device)
         for _ in range(self.steps):
-            features = self.experts.features(weights(), inputs)
-            loss = F.cross_entropy(cosine_logits(features, prototypes(features, labels, num_classes)), labels)
+            with autocast(self.clip.device):
+                features = self.experts.features(weights(), inputs)
+                loss = F.cross_entropy(cosine_logits(features, prototypes(features, labels, num_classes)), labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         final = weights()
         return final.detach() if isinstance(final, torch.Tensor) else torch.cat([v.detach().flatten() for v in final.values()])
 

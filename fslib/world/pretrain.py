@@ -12,6 +12,7 @@ through the same :func:`fslib.models.load_clip` call users make for real checkpo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fslib.models import EMBEDDED_CHECKPOINT, EMBEDDED_MODEL, register_model_configs
+from fslib.training import autocast, grad_scaler, precision_scope
 from fslib.world.corpus import sample_pretraining_pair
 from fslib.world.render import render
 
@@ -48,20 +50,27 @@ def sample_batch(rng: np.random.Generator, size: int, preprocess_mean: torch.Ten
 
 def save_fp16(model: torch.nn.Module, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.half() for k, v in model.state_dict().items()}, path)
+    torch.save({k: v.half().cpu() for k, v in model.state_dict().items()}, path)
 
 
 def pretrain(seed: int, steps: int, batch_size: int, lr: float, weight_decay: float, warmup: int, bf16: bool,
-             out: Path, snapshot_every: int = 0) -> dict:
-    """Train from scratch and save to ``out``; ``snapshot_every`` > 0 also saves ``out.stepN.pt``
-    along the way, so a long run can be checked (``--card-only --out``) before it ends.
+             out: Path, snapshot_every: int = 0, device: str = "cpu") -> dict:
+    """Train from scratch on ``device`` and save to ``out``; ``snapshot_every`` > 0 also saves
+    ``out.stepN.pt`` along the way, so a long run can be checked (``--card-only --out``) before it ends.
 
-    ``bf16`` runs the forward pass under CPU bf16 autocast: about 1.7x faster on CPUs with native
-    bf16 (AVX512-BF16/AMX), much slower on CPUs without it (pass ``--no-bf16`` there)."""
+    ``bf16`` runs the forward pass under bf16 autocast (:func:`fslib.training.set_precision`): about 1.7x
+    faster on CPUs with native bf16 (AVX512-BF16/AMX), much slower on CPUs without it (pass ``--no-bf16``
+    there); with ``--no-bf16`` the kit's precision setting (``$FSLIB_PRECISION``) is in force."""
     register_model_configs()
+    with precision_scope("bf16") if bf16 else contextlib.nullcontext():
+        return _pretrain(seed, steps, batch_size, lr, weight_decay, warmup, out, snapshot_every, device)
+
+
+def _pretrain(seed: int, steps: int, batch_size: int, lr: float, weight_decay: float, warmup: int, out: Path,
+              snapshot_every: int, device: str) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = open_clip.create_model(EMBEDDED_MODEL)
+    model = open_clip.create_model(EMBEDDED_MODEL).to(device)
     tokenizer = open_clip.get_tokenizer(EMBEDDED_MODEL)
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
@@ -74,15 +83,17 @@ def pretrain(seed: int, steps: int, batch_size: int, lr: float, weight_decay: fl
         optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup))))
     start, losses = time.time(), []
     model.train()
+    scaler = grad_scaler(device)
     for step in (bar := tqdm(range(steps), desc="pretraining")):
         pixels, captions = sample_batch(rng, batch_size, mean, std)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            image_features = model.encode_image(pixels, normalize=True)
-            text_features = model.encode_text(tokenizer(captions), normalize=True)
+        with autocast(device):
+            image_features = model.encode_image(pixels.to(device), normalize=True)
+            text_features = model.encode_text(tokenizer(captions).to(device), normalize=True)
         loss = clip_loss(image_features.float(), text_features.float(), model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         schedule.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
@@ -154,13 +165,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=EMBEDDED_CHECKPOINT)
     parser.add_argument("--card-only", action="store_true", help="skip training; re-measure the card")
     parser.add_argument("--snapshot-every", type=int, default=0, help="also save a checkpoint every N steps")
+    parser.add_argument("--device", default="cpu", help="where to train, e.g. cuda (the recipe was run on a CPU)")
     args = parser.parse_args()
     recipe = {key: getattr(args, key) for key in RECIPE}
     card_path = args.out.parent / "MODEL_CARD.md"  # next to the checkpoint it describes
     if args.card_only:
         training = json.loads(card_path.with_suffix(".json").read_text())["training"] if card_path.with_suffix(".json").exists() else {}
     else:
-        training = pretrain(out=args.out, snapshot_every=args.snapshot_every, **recipe)
+        training = pretrain(out=args.out, snapshot_every=args.snapshot_every, device=args.device, **recipe)
     card = write_model_card(training, recipe, args.out, card_path)
     for name, row in card["zero_shot_test_accuracy"].items():
         print(f"{name:16s} zero-shot {row['zero_shot']:5.1f}%  (chance {row['chance']}%)")
