@@ -33,20 +33,30 @@ def _tensor_bytes(value: torch.Tensor) -> int:
     return value.element_size() * value.nelement()
 
 
-def memory_cache(budget_mb: float | None = None) -> LRUCache:
-    """A least-recently-used cache of tensors bounded by their bytes (``$FSLIB_MEMORY_CACHE_MB``, default
-    1024): this process's features and pixels, so a loop over subsets never re-reads the disk, while a
-    long real-data run cannot grow without bound."""
-    budget_mb = float(os.environ.get("FSLIB_MEMORY_CACHE_MB", 1024)) if budget_mb is None else budget_mb
-    return LRUCache(maxsize=int(budget_mb * 2**20), getsizeof=_tensor_bytes)
+class TensorCache(LRUCache):
+    """A least-recently-used cache of tensors bounded by their bytes; a tensor larger than the whole
+    budget is simply not kept (the caller recomputes it when asked again)."""
+
+    def __init__(self, budget_mb: float):
+        super().__init__(maxsize=int(budget_mb * 2**20), getsizeof=_tensor_bytes)
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        if self.getsizeof(value) <= self.maxsize:
+            super().__setitem__(key, value)
+
+
+def memory_cache(budget_mb: float | None = None) -> TensorCache:
+    """A :class:`TensorCache` of ``budget_mb`` (default ``$FSLIB_MEMORY_CACHE_MB``, else 1024): this process's
+    features, pixels and (SMAT) trunk tokens, so a loop over subsets never re-reads the disk, while a long
+    real-data run cannot grow without bound."""
+    return TensorCache(float(os.environ.get("FSLIB_MEMORY_CACHE_MB", 1024)) if budget_mb is None else budget_mb)
 
 
 _MEMORY = memory_cache()
 
 
 def _remember(key: str, value: torch.Tensor) -> torch.Tensor:
-    if _tensor_bytes(value) <= _MEMORY.maxsize:  # a tensor larger than the whole budget is not kept
-        _MEMORY[key] = value
+    _MEMORY[key] = value
     return value
 
 
@@ -108,7 +118,7 @@ def preprocess_images(clip: Clip, dataset: ImageDataset) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _encode_batches(clip: Clip, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+def encode_pixels(clip: Clip, batches: Iterable[torch.Tensor]) -> torch.Tensor:
     """L2-normalised image features of preprocessed pixel batches, in eval mode (restored after), under
     the kit's precision setting (:func:`fslib.training.precision`)."""
     was_training = clip.model.training
@@ -124,7 +134,7 @@ def _encode_batches(clip: Clip, batches: Iterable[torch.Tensor]) -> torch.Tensor
 def _encode(clip: Clip, dataset: ImageDataset, batch_size: int, progress: bool) -> torch.Tensor:
     batches = tqdm(pixel_batches(clip, dataset, batch_size), desc=f"encoding {dataset.name}/{dataset.split}",
                    disable=not progress, leave=False)
-    return _encode_batches(clip, batches)
+    return encode_pixels(clip, batches)
 
 
 def encode_images(clip: Clip, dataset: ImageDataset, batch_size: int = 256, cache: bool = True,
@@ -178,4 +188,4 @@ def augmented_features(clip: Clip, dataset: ImageDataset, views: int, seed: int,
         return _MEMORY[key]
     pixels = preprocess_images(clip, dataset)
     crops = torch.cat([augment_pixels(pixels, seed * 1_000 + view) for view in range(views)])
-    return _remember(key, _encode_batches(clip, crops.split(batch_size)))
+    return _remember(key, encode_pixels(clip, crops.split(batch_size)))

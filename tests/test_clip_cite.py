@@ -46,6 +46,14 @@ def test_interpolation_endpoints():
     assert torch.equal(interpolate_weights(ft, pre, 0.5)["steps"], pre["steps"])  # integers are not blended
 
 
+def test_interpolating_into_a_model_gives_the_same_tensors():
+    pre, ft = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    target = torch.nn.Linear(3, 2)
+    expected = interpolate_weights(ft.state_dict(), pre.state_dict(), 0.3)
+    interpolate_weights(ft.state_dict(), pre.state_dict(), 0.3, into=target)
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in expected.items())
+
+
 def test_fit_and_interpolate_the_whole_model(random_clip):
     data = make_dataset(3, 4)
     method = make_variant(random_clip, "CLIP-CITE", epochs=1, lr=1e-4, batch_size=6).fit(data)

@@ -141,3 +141,16 @@ def test_features_under_bf16_are_keyed_apart_and_close(random_clip):
     assert len(list(cache_dir().glob("*.pt"))) == 2  # two entries: a bf16 run never reads fp32 features
     assert not torch.equal(full, reduced)
     torch.testing.assert_close(full, reduced, atol=0.05, rtol=0)
+
+
+def test_benchmark_reports_every_stage_on_a_jpeg_folder(tmp_path):
+    from fslib.bench import benchmark, make_jpeg_folder
+    from fslib.data import load_image_folder
+    make_jpeg_folder(tmp_path / "jpegs", images=8, classes=2, size=72)
+    dataset = load_image_folder(tmp_path / "jpegs", "train")
+    assert dataset.classnames == ["class 000", "class 001"] and len(dataset) == 4  # the 50% train cut
+    result = benchmark(EMBEDDED_MODEL, "none", dataset, batch_size=2, workers=0, sample=2)
+    assert result["images"] == 4 and result["input"] == "3x64x64"
+    for key in ("pipeline_img_s", "encoder_img_s", "end_to_end_img_s", "decode_ms", "transform_ms", "peak_rss_mb"):
+        assert result[key] > 0, key
+    assert result["end_to_end_over_encoder"] == pytest.approx(result["end_to_end_img_s"] / result["encoder_img_s"], abs=1e-3)

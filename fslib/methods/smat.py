@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import evaluate
-from fslib.features import preprocess_images
+from fslib.features import memory_cache, pixel_batches, preprocess_images
 from fslib.fewshot import Episode, EpisodeSampler, fixed_test_sample, restrict_classes
 from fslib.methods.base import Images, Method
 from fslib.models import Clip
@@ -116,7 +116,7 @@ def class_token_attention(attn: nn.MultiheadAttention, params: dict[str, torch.T
     return out + params["out_proj.bias"] if "out_proj.bias" in params else out
 
 
-_REGION_INPUTS: dict[str, torch.Tensor] = {}  # this process's cached trunk outputs, shared by every region
+_REGION_INPUTS = memory_cache()  # this process's cached trunk outputs, shared by every region (bounded by bytes)
 
 
 class ExpertRegion:
@@ -159,22 +159,23 @@ class ExpertRegion:
 
     @torch.no_grad()
     def inputs(self, dataset: ImageDataset, batch_size: int = 256) -> torch.Tensor:
-        """What enters the region for every image of ``dataset``, on the CPU; computed once per full dataset."""
+        """What enters the region for every image of ``dataset``, on the CPU: its pixels when the region is the
+        whole tower, else the frozen trunk's tokens, computed once per full dataset."""
+        if self.blocks is None:
+            return preprocess_images(self.clip, dataset)
         if dataset.parent is not None:
             return self.inputs(dataset.parent, batch_size)[torch.as_tensor(dataset.parent_indices)]
-        pixels = preprocess_images(self.clip, dataset)
-        if self.blocks is None:
-            return pixels
         key = f"{self.weights_key}:{dataset.fingerprint()}:{self.start}"
-        if key not in _REGION_INPUTS:
-            chunks = []
-            for batch in pixels.split(batch_size):
-                x = self.visual._embeds(batch.to(self.clip.device))
-                for block in self.visual.transformer.resblocks[:self.start]:
-                    x = self._run_block(block, None, x)
-                chunks.append(x.float().cpu())
-            _REGION_INPUTS[key] = torch.cat(chunks)
-        return _REGION_INPUTS[key]
+        if key in _REGION_INPUTS:
+            return _REGION_INPUTS[key]
+        chunks = []
+        for batch in pixel_batches(self.clip, dataset, batch_size):
+            x = self.visual._embeds(batch.to(self.clip.device))
+            for block in self.visual.transformer.resblocks[:self.start]:
+                x = self._run_block(block, None, x)
+            chunks.append(x.float().cpu())
+        _REGION_INPUTS[key] = tokens = torch.cat(chunks)
+        return tokens
 
     @torch.no_grad()
     def pretrained_features(self, dataset: ImageDataset) -> torch.Tensor:
@@ -183,10 +184,11 @@ class ExpertRegion:
         if dataset.parent is not None:
             return self.pretrained_features(dataset.parent)[torch.as_tensor(dataset.parent_indices)]
         key = f"features:{self.weights_key}:{dataset.fingerprint()}:{self.start}"
-        if key not in _REGION_INPUTS:
-            pre = self.pretrained()
-            _REGION_INPUTS[key] = torch.cat([self.features(pre, x).cpu() for x in self.inputs(dataset).split(256)])
-        return _REGION_INPUTS[key]
+        if key in _REGION_INPUTS:
+            return _REGION_INPUTS[key]
+        pre = self.pretrained()
+        _REGION_INPUTS[key] = features = torch.cat([self.features(pre, x).cpu() for x in self.inputs(dataset).split(256)])
+        return features
 
     def _run_block(self, block: nn.Module, params: dict[str, torch.Tensor] | None, x: torch.Tensor) -> torch.Tensor:
         """One open_clip residual block on batch-first tokens (transposing for sequence-first models)."""
