@@ -128,3 +128,37 @@ def test_benchmark_tests_in_distribution_on_novel_classes_only():
     tested = {name for ep in bench.test["shapes"] for name in ep.support.classnames}
     assert seen and tested and not seen & tested
     assert len(bench.test["counting"]) == 3 and bench.domain("counting") == "OOD" and bench.domain("shapes") == "ID"
+
+
+def _meta_train_on_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of a gloo process group, set up as torchrun would (environment variables)."""
+    import os
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from fslib import distributed
+    from fslib.models import load_clip
+    assert distributed.setup("cpu") == (rank, world)
+    episodes = [EpisodeSampler([make_dataset(4, 6)], n_way=3, k_shot=2, q_query=2, seed=0).sample() for _ in range(8)]
+    experts = meta_train(load_clip(), episodes, "learned", num_experts=2, meta_batch=4, seed=3, progress=False)
+    torch.save({"losses": experts.losses, **{k: v.detach() for k, v in experts.state_dict().items()}}, f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_meta_train_like_one(tmp_path):
+    """Episodes sharded over 2 ranks, gradients all-reduced: the same losses, masks, λ and router as 1 process."""
+    import socket
+
+    from fslib.models import load_clip
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.multiprocessing.spawn(_meta_train_on_rank, args=(2, port, str(tmp_path / "rank")), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank.{r}") for r in range(2)]
+    episodes = [EpisodeSampler([make_dataset(4, 6)], n_way=3, k_shot=2, q_query=2, seed=0).sample() for _ in range(8)]
+    single = meta_train(load_clip(), episodes, "learned", num_experts=2, meta_batch=4, seed=3, progress=False)
+    assert len(ranks[0]["losses"]) == len(single.losses) == 2 and single.delta.abs().sum() > 0
+    assert ranks[0]["losses"] == ranks[1]["losses"]
+    torch.testing.assert_close(torch.tensor(ranks[0]["losses"]), torch.tensor(single.losses), rtol=1e-5, atol=1e-6)
+    for name, value in single.state_dict().items():
+        assert torch.equal(ranks[0][name], ranks[1][name]), f"{name} differs between ranks"
+        torch.testing.assert_close(ranks[0][name], value.detach(), rtol=1e-4, atol=1e-5, msg=name)

@@ -51,6 +51,7 @@ from torch.func import functional_call
 from torch.nn.utils.parametrizations import spectral_norm
 from tqdm.auto import tqdm
 
+from fslib import distributed
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import evaluate
 from fslib.features import memory_cache, pixel_batches, preprocess_images
@@ -311,6 +312,7 @@ class SparseInterpolatedExperts(nn.Module):
         self.eval()  # meta_train switches to training mode (spectral norm's power iteration) and back
         self.tasks_seen, self.total_tasks, self.seconds = 0, 1, 0.0
         self.history: list[dict] = []
+        self.losses: list[float] = []  # the meta-training loss of every update (summed over ranks)
 
     @property
     def routed(self) -> bool:
@@ -374,16 +376,21 @@ class SparseInterpolatedExperts(nn.Module):
     def meta_batch_loss(self, tasks: Sequence[TaskTensors], inner_lr: float, teacher_lr: float, kd_weight: float,
                         kd_temperature: float, pretrained_teacher: bool) -> torch.Tensor:
         """Mean meta-training loss of a meta-batch of tasks (notes §2.6). The training masks are computed once
-        (they change only at an update) and every task's weights in one product: Θ = θ_pre + (A Zᵀ) ⊙ θ_δ."""
+        (they change only at an update) and every task's weights in one product: Θ = θ_pre + (A Zᵀ) ⊙ θ_δ.
+
+        Under several processes this rank returns its share of the sum (:func:`fslib.distributed.shard`); the
+        router's gates are drawn for the whole batch on every rank, so the random stream and the gates are
+        those of one process, and the router penalty is counted on rank 0 only."""
+        mine = distributed.shard(tasks)
         if not self.routed:
-            return sum(self.task_loss(t, self.task_params(None), inner_lr, teacher_lr, kd_weight, kd_temperature,
-                                      pretrained_teacher) for t in tasks) / len(tasks)
+            return sum((self.task_loss(tasks[i], self.task_params(None), inner_lr, teacher_lr, kd_weight, kd_temperature, pretrained_teacher)
+                        for i in mine), self.delta.new_zeros(())) / len(tasks)
         gates = [self.gates(t.support_pre, t.support_labels, t.num_classes, True) for t in tasks]
         alphas = torch.stack([alpha for alpha, _ in gates])
         thetas = self.pre + (alphas @ self.masks(training=True).T) * self.delta
-        router_penalty = 1e-4 * torch.stack([logits.pow(2).mean() for _, logits in gates]).sum()
-        return (sum(self.task_loss(t, theta, inner_lr, teacher_lr, kd_weight, kd_temperature, pretrained_teacher)
-                    for t, theta in zip(tasks, thetas)) + router_penalty) / len(tasks)
+        router_penalty = 1e-4 * torch.stack([logits.pow(2).mean() for _, logits in gates]).sum() if distributed.is_main() else 0.0
+        return (sum((self.task_loss(tasks[i], thetas[i], inner_lr, teacher_lr, kd_weight, kd_temperature, pretrained_teacher)
+                     for i in mine), self.delta.new_zeros(())) + router_penalty) / len(tasks)
 
     def task_loss(self, task: TaskTensors, theta: torch.Tensor, inner_lr: float, teacher_lr: float,
                   kd_weight: float, kd_temperature: float, pretrained_teacher: bool) -> torch.Tensor:
@@ -472,6 +479,11 @@ def meta_train(clip: Clip, episodes: Sequence[Episode], masks: str = "learned", 
     The θ_δ, router and λ learning rates are larger than the official ones, since the embedded world
     meta-trains on hundreds of tasks, not 50,000.
 
+    Under ``torchrun`` (:mod:`fslib.distributed`) each rank computes its share of every meta-batch's tasks
+    and the gradients are summed over ranks before each update, so θ_δ, the masks, λ and the router stay
+    identical on every rank and match one process's up to float rounding (``experts.losses``: the loss of
+    every update, summed over ranks). ``python -m fslib.methods.smat`` is the launchable entry point.
+
     ``monitor(experts)`` is called every ``monitor_every`` tasks (and at 0); its dicts, with ``tasks``
     added, are kept in ``experts.history`` (learning curves). ``experts.seconds`` is the training wall
     time without the monitor's.
@@ -500,14 +512,17 @@ def meta_train(clip: Clip, episodes: Sequence[Episode], masks: str = "learned", 
     density = experts.density() if masks == "learned" else None  # carried from update to update
     batches = [episodes[i:i + meta_batch] for i in range(0, len(episodes), meta_batch)]
     scaler = grad_scaler(clip.device)  # active under fp16 only; unscaled before the clipping below
-    for batch in tqdm(batches, desc=f"meta-training ({masks})", disable=not progress, leave=False):
+    for batch in tqdm(batches, desc=f"meta-training ({masks})", disable=not (progress and distributed.is_main()), leave=False):
         with autocast(clip.device):
             loss = experts.meta_batch_loss([task_tensors(region, episode) for episode in batch], inner_lr, teacher_lr,
                                            kd_weight, kd_temperature, pretrained_teacher) * len(batch) / meta_batch
         experts.tasks_seen += len(batch)
-        if masks == "learned":
+        if masks == "learned" and distributed.is_main():  # counted once over ranks
             loss = loss + experts.sparsity_penalty()
-        scaler.scale(loss).backward()
+        if loss.requires_grad:  # a rank whose share of a short last batch is empty only joins the all-reduce
+            scaler.scale(loss).backward()
+        distributed.all_reduce_gradients(experts.parameters())  # every rank steps from the whole batch's gradient
+        experts.losses.append(float(distributed.all_reduce_sum(loss.detach())))
         scaler.step(delta_opt)
         delta_opt.zero_grad(set_to_none=True)
         if experts.routed:
@@ -794,3 +809,44 @@ def sparsity_tradeoff(clip: Clip, bench: Benchmark, points: Sequence[tuple[float
         for row in evaluate_experts(experts, bench.test, "SMAT"):
             rows.append({**row, "tau": tau, "experts": m, "realised sparsity": realised, "domain": bench.domain(row["dataset"])})
     return pd.DataFrame(rows)
+
+
+def main() -> None:
+    """Meta-train SMAT's experts on the ID domains' base classes and save them (rank 0), on one process or,
+    under ``torchrun --nproc_per_node N -m fslib.methods.smat``, on N (one GPU each, or CPU processes)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from fslib.models import load_clip
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model", default="fslib-tiny-vit")
+    parser.add_argument("--pretrained", default="embedded")
+    parser.add_argument("--datasets", default="shapes,colors,textures", help="meta-training domains (comma-separated)")
+    parser.add_argument("--tasks", type=int, default=500)
+    parser.add_argument("--n-way", type=int, default=5)
+    parser.add_argument("--shots", type=int, default=2)
+    parser.add_argument("--queries", type=int, default=3)
+    parser.add_argument("--novel", type=int, default=5, help="classes per domain held out of meta-training")
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--blocks", default="1", help="blocks of the image tower that carry experts, or 'all'")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("smat_experts.pt"))
+    args = parser.parse_args()
+    rank, world = distributed.setup(args.device)
+    device = f"cuda:{rank % torch.cuda.device_count()}" if args.device == "cuda" else args.device
+    clip = load_clip(args.model, args.pretrained, device)
+    bench = make_benchmark(args.datasets.split(","), [], args.n_way, args.shots, args.queries, args.tasks, 0, 0, args.novel, args.seed)
+    experts = meta_train(clip, bench.train, "learned", args.experts, args.sparsity, seed=args.seed,
+                         blocks=None if args.blocks == "all" else int(args.blocks))
+    if distributed.is_main():
+        torch.save(experts.state_dict(), args.out)
+        summary = {"ranks": world, "tasks": experts.tasks_seen, "seconds": round(experts.seconds, 1),
+                   "realised_sparsity": round(1 - float(experts.density().mean()), 3), "final_loss": experts.losses[-1]}
+        print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
