@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fslib-installed
 
-.PHONY: reproduce test install clean
+.PHONY: reproduce test lab install clean
 
 install: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 
 reproduce: $(STAMP)
 	$(PY) -m fslib.report
+
+# JupyterLab on the notebooks (LAB_PORT=8888 by default; add LAB_ARGS=--no-browser on a remote machine)
+LAB_PORT ?= 8888
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest tests --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
