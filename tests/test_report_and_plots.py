@@ -1,5 +1,6 @@
 import matplotlib
 import pandas as pd
+import pytest
 
 from fslib import plots
 from fslib.paths import project_dir
@@ -43,3 +44,17 @@ def test_verdict_figure_has_one_row_per_claim_with_its_interval():
     assert fig.axes[0].get_title(loc="left").startswith("held: A beats B")
     low, high = fig.axes[1].get_xlim()
     assert low < -1.0 and high > 2.0  # the whole interval and the margin are in view
+
+
+def test_show_code_reads_the_source_from_fslib():
+    from fslib.methods.llu import LocalAffine, locality_weight
+    from fslib.teaching import show_code
+    shown = show_code(locality_weight, LocalAffine.forward)
+    assert shown.data.startswith("# fslib.methods.llu.locality_weight\ndef locality_weight(")
+    assert "# fslib.methods.llu.LocalAffine.forward\ndef forward(self" in shown.data  # dedented method
+    assert "gamma * torch.exp(-kappa * dist)" in shown.data
+    assert '<span class="k">def</span>' in shown._repr_html_()  # highlighted in Jupyter
+    with pytest.raises(TypeError, match=r"not int \(3\)"):
+        show_code(3)
+    with pytest.raises(ValueError, match="at least one"):
+        show_code()
