@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from fslib.data import ImageDataset, load_dataset
-from fslib.features import encode_images, encode_pixels, pixel_batches
+from fslib.features import encode_images, encode_pixels, loader_workers, pixel_batches
 from fslib.models import load_clip
 
 
@@ -57,6 +57,7 @@ def benchmark(model: str, pretrained: str, dataset: ImageDataset, device: str = 
               workers: int | None = None, sample: int = 64) -> dict:
     """The numbers described in the module docstring, for ``dataset`` under ``model``."""
     clip = load_clip(model, pretrained, device)
+    workers = loader_workers(clip.device) if workers is None else workers
     n = len(dataset)
     picked = range(min(sample, n))
     started = time.perf_counter()
@@ -82,7 +83,7 @@ def benchmark(model: str, pretrained: str, dataset: ImageDataset, device: str = 
     end_to_end = _rate(n, time.perf_counter() - started)
     return {"model": f"{model}/{pretrained}", "device": device, "dataset": f"{dataset.name}/{dataset.split}", "images": n,
             "input": "x".join(map(str, shape)), "threads": torch.get_num_threads(), "batch_size": batch_size,
-            "workers": pixel_batches(clip, dataset, batch_size, workers).num_workers,
+            "workers": workers,
             "decode_ms": round(1e3 * decode_s, 2), "transform_ms": round(1e3 * transform_s, 2),
             "pipeline_img_s": round(pipeline, 1), "encoder_img_s": round(encoder, 1), "end_to_end_img_s": round(end_to_end, 1),
             "end_to_end_over_encoder": round(end_to_end / encoder, 3), "peak_rss_mb": round(peak_rss_mb())}
