@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fslib-installed
 
-.PHONY: reproduce test lab install clean
+.PHONY: reproduce test lab course install clean
 
 install: $(STAMP)
 
@@ -23,8 +23,12 @@ LAB_PORT ?= 8888
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
+# student (exercise solutions removed, outputs cleared) and solution versions of the notebooks, under course/
+course: $(STAMP)
+	$(PY) -m fslib.course --out course
+
 test: $(STAMP)
-	$(PY) -m pytest tests --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
+	FSLIB_PROGRESS=text $(PY) -m pytest tests --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
 
 clean:
-	rm -rf runs figures .pytest_cache
+	rm -rf runs figures course .pytest_cache

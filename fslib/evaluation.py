@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import stats
-from tqdm.auto import tqdm
 
 from fslib.data import load_dataset
 from fslib.fewshot import base_to_new_sets, few_shot, fixed_test_sample
+from fslib.progress import tqdm
 
 
 def accuracy(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from cachetools import LRUCache
 from open_clip.transform import AugmentationCfg
 from torchvision.transforms import v2 as transforms
-from tqdm.auto import tqdm
 
 from fslib.data import ImageDataset
 from fslib.models import Clip
+from fslib.progress import tqdm
 from fslib.training import autocast, precision
 
 

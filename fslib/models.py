@@ -127,8 +127,12 @@ def zero_shot_classifier(clip: Clip, classnames: Sequence[str], templates: Seque
     This is CLIP's prompt ensembling (Radford et al., 2021, Sec. 3.1.4).
     """
     prompts = [template.format(name) for name in classnames for template in templates]
-    features = clip.encode_text(prompts).view(len(classnames), len(templates), -1)
-    return F.normalize(features.mean(dim=1), dim=-1)
+    return ensemble_prompts(clip.encode_text(prompts).view(len(classnames), len(templates), -1))
+
+
+def ensemble_prompts(prompt_features: torch.Tensor) -> torch.Tensor:
+    """(C, T, D) normalised embeddings of T prompts per class → (C, D): each class's mean, normalised."""
+    return F.normalize(prompt_features.mean(dim=1), dim=-1)
 
 
 def prompt_tokens(clip: Clip, dataset: "ImageDataset") -> torch.Tensor:

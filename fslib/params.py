@@ -72,11 +72,14 @@ def fraction(name: str, value: Any) -> float:
 
 
 def _as_list(value: Any) -> list:
-    """papermill's ``-p`` passes lists as text: accept "[1, 2]", "1,2" and a bare value too."""
+    """papermill's ``-p`` passes lists as text: accept "[1, 2]", "['a', 'b']", "[a, b]", "1,2" and a bare value."""
     if isinstance(value, str):
         text = value.strip()
-        if text.startswith("["):
-            return list(ast.literal_eval(text))
+        if text.startswith("[") and text.endswith("]"):
+            try:
+                return list(ast.literal_eval(text))
+            except (ValueError, SyntaxError):  # unquoted names: "[shapes, counting]"
+                text = text[1:-1]
         return [v.strip() for v in text.split(",") if v.strip()]
     return list(value) if isinstance(value, (list, tuple)) else [value]
 

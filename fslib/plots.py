@@ -341,3 +341,37 @@ def verdicts(results: Sequence, title: str = "Claims: estimate, 95% CI and margi
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def accuracy_vs_fit_time(board: "pd.DataFrame") -> plt.Figure:
+    """06_compare's picture: per method, the IQM over tasks (95% CI over seeds) against the mean fit time per
+    task on a log axis (``board``: index method, columns ``IQM``, ``ci95``, ``fit_seconds``)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    seconds = board["fit_seconds"].clip(lower=1e-3)
+    ax.errorbar(seconds, board["IQM"], yerr=board["ci95"], fmt="o", capsize=3, color=sns.color_palette()[0])
+    for method, x, y in zip(board.index, seconds, board["IQM"]):
+        ax.annotate(method, (x, y), fontsize=8, xytext=(5, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set(xlabel="mean fit time per task (s, log scale; 0 plotted at 1 ms)", ylabel="IQM accuracy over tasks (%)",
+           title="Accuracy vs fit time (95% CI over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def improvement_matrix(pairs: "pd.DataFrame") -> plt.Figure:
+    """Pairwise probability of improvement (row beats column on a task), annotated with its 95% CI; cells
+    whose CI holds 0.5 are ties and drawn pale."""
+    methods = list(dict.fromkeys(pairs["method"]))
+    value = pairs.pivot(index="method", columns="versus", values="P(better)").loc[methods, methods]
+    tie = pairs.pivot(index="method", columns="versus", values="reading").loc[methods, methods] == "tie"
+    text = pairs.assign(label=[f"{p:.2f}\n[{lo:.2f}, {hi:.2f}]" for p, lo, hi in
+                               zip(pairs["P(better)"], pairs.ci_low.clip(0, 1), pairs.ci_high.clip(0, 1))])
+    labels = text.pivot(index="method", columns="versus", values="label").loc[methods, methods].fillna("")
+    fig, ax = plt.subplots(figsize=(1.05 * len(methods) + 2, 0.8 * len(methods) + 1.2))
+    sns.heatmap(value.where(~tie), annot=labels, fmt="", cmap="RdBu", vmin=0, vmax=1, cbar_kws={"label": "P(row beats column)"},
+                annot_kws={"fontsize": 6.5}, ax=ax, linewidths=0.5, linecolor="white")
+    sns.heatmap(value.where(tie), annot=labels.where(tie, ""), fmt="", cmap=["#eeeeee"], cbar=False, annot_kws={"fontsize": 6.5,
+                "color": "grey"}, ax=ax, linewidths=0.5, linecolor="white")
+    ax.set(xlabel="", ylabel="", title="Probability of improvement, paired by seed (grey: a tie, the CI holds 0.5)")
+    fig.tight_layout()
+    return fig

@@ -7,6 +7,7 @@ verdict with its estimate and 95% CI, and the held / contradicted / inconclusive
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 def run_notebooks(notebooks: list[Path], out_dir: Path) -> list[dict]:
     import papermill
 
+    os.environ.setdefault("FSLIB_PROGRESS", "text")  # saved notebooks keep no frozen "0%" widget bars (fslib.progress)
     rows = []
     for nb in notebooks:
         start = time.time()

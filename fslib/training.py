@@ -14,7 +14,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from fslib.progress import tqdm
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "adadelta")
 

@@ -33,7 +33,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import precision_score
-from tqdm.auto import tqdm
 
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import accuracy, cross_dataset, summarise
@@ -41,6 +40,7 @@ from fslib.features import augment_pixels, encode_images, preprocess_images
 from fslib.fewshot import base_to_new_sets, few_shot, fixed_test_sample
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, zero_shot_classifier
+from fslib.progress import tqdm
 from fslib.training import frozen, minibatches, train
 
 APEX_TEMPLATE = "a photo of a {}."

@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import episode_accuracies
@@ -38,6 +37,7 @@ from fslib.features import preprocess_images
 from fslib.fewshot import EpisodeSampler, few_shot
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, prompt_logits, prompt_logits_cpu, prompt_tokens
+from fslib.progress import tqdm
 from fslib.training import autocast, make_optimizer, minibatches, train
 
 STRATEGIES = ("finetune", "mamf", "fomaml")

@@ -49,7 +49,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.utils.parametrizations import spectral_norm
-from tqdm.auto import tqdm
 
 from fslib import distributed
 from fslib.data import ImageDataset, load_dataset
@@ -58,6 +57,7 @@ from fslib.features import memory_cache, pixel_batches, preprocess_images
 from fslib.fewshot import Episode, EpisodeSampler, fixed_test_sample, restrict_classes
 from fslib.methods.base import Images, Method
 from fslib.models import Clip
+from fslib.progress import tqdm
 from fslib.training import autocast, grad_scaler, make_optimizer
 
 MASK_MODES = ("learned", "dense", "random", "magnitude", "none")

@@ -23,9 +23,9 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from fslib.models import EMBEDDED_CHECKPOINT, EMBEDDED_MODEL, register_model_configs
+from fslib.progress import tqdm
 from fslib.training import autocast, grad_scaler, precision_scope
 from fslib.world.corpus import sample_pretraining_pair
 from fslib.world.render import render
