@@ -3,10 +3,11 @@
 No paper compares MAMF, APEX, SMAT, LLU and CLIP-CITE under one protocol; the kit can, because every
 method sits behind :class:`~fslib.methods.base.Method`. This module holds the comparison's logic:
 
-- :func:`contenders`: every method that adapts CLIP from labelled shots, each with a grid of the same size
-  for its own hyper-parameter, and the shared training budget (the same epochs for every method that
-  trains a tower; feature methods keep their own steps on cached features);
-- :func:`choose_hyperparameters`: every grid searched alike, on one dataset's validation split (base classes);
+- :func:`contenders`: every method that adapts CLIP from labelled shots, each with a ladder of values for its
+  own hyper-parameter, and the shared training budget (the same epochs for every method that trains a
+  tower; feature methods keep their own steps on cached features);
+- :func:`choose_hyperparameters`: every ladder searched by the same rule (:func:`search_ladder`), on one
+  dataset's validation split (base classes);
 - :func:`run`: the protocols as tasks (few-shot, base-to-new, domain shift), one fit per method, task and
   seed on the same sample, with the fit's wall time and peak memory;
 - :func:`scores`, :func:`leaderboard`, :func:`interquartile_mean`, :func:`probability_of_improvement`:
@@ -14,8 +15,10 @@ method sits behind :class:`~fslib.methods.base.Method`. This module holds the co
   interquartile mean of Agarwal et al., 2021, "rliable"), and the probability that one method beats
   another on a task, paired by seed.
 
-The meta-learners (MAMF, SMAT) need meta-training on other classes and are scored on N-way K-shot
-episodes; they are compared in their own notebooks (01, 03) and not (yet) in this one.
+- :func:`episodic_contenders`, :func:`episode_validation`, :func:`episodic_tasks`: the meta-learners (MAMF,
+  SMAT) beside the methods that need no meta-training, on SMAT's benchmark of N-way K-shot episodes
+  (meta-training on the base classes of the in-distribution domains, episodes on their novel classes and on
+  held-out domains); each meta-training runs once per seed and value (:class:`MetaTrained`).
 """
 from __future__ import annotations
 
@@ -33,82 +36,134 @@ import torch
 from scipy import stats
 
 from fslib.data import ImageDataset, load_dataset
-from fslib.evaluation import evaluate, harmonic_mean, mean_ci, select_on_validation
-from fslib.features import encode_images
-from fslib.fewshot import base_new_split, base_to_new_sets, few_shot, fixed_test_sample
+from fslib.evaluation import evaluate, harmonic_mean, mean_ci
+from fslib.features import augmented_features, encode_images
+from fslib.fewshot import Episode, base_new_split, base_to_new_sets, few_shot, fixed_test_sample
 from fslib.methods import LinearProbe, ZeroShot
 from fslib.methods.apex import make_family
 from fslib.methods.base import Method
 from fslib.methods.clip_cite import make_variant
 from fslib.methods.llu import LLU, GlobalResidualAdapter, TipAdapter
+from fslib.methods.mamf import PromptFineTune, meta_train_on_episodes, task_count
+from fslib.methods.smat import SMAT, Benchmark, ExpertRegion, meta_train
 from fslib.models import Clip
 from fslib.progress import tqdm
 
-PROTOCOLS = ("few-shot", "base-to-new", "domain shift")
+PROTOCOLS = ("few-shot", "base-to-new", "domain shift", "episodic")
 # Trains a tower (or prompts inside one) rather than a head on cached features.
 TOWER_METHODS = ("CoOp", "APEX", "fine-tuning", "CLIP-CITE")
 PARAMETER_EFFICIENT = ("linear probe", "Tip-Adapter", "CLIP-Adapter", "LLU", "CoOp", "APEX")
+# Ladders shared by the protocols: the learning rates of every method that tunes a whole tower, Tip-Adapter's α.
+TOWER_LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
+TIP_ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass(frozen=True)
 class Contender:
-    """``make(value, seed)`` builds the method for one value of its hyper-parameter ``knob``."""
+    """``make(value, seed)`` builds the method for one value of its hyper-parameter ``knob``.
+
+    ``ladder`` orders the values the knob may take; the search starts from the three at ``start`` and
+    climbs the ladder only while the best value sits at an edge of what was tried (:func:`search_ladder`).
+    ``prepare(support, seed)`` fills the caches the method reads beyond the frozen features (augmented
+    crops, SMAT's trunk); :func:`run` calls it before the fit is timed, as it encodes the features.
+    """
 
     make: Callable[[object, int], Method]
     knob: str
-    grid: tuple
+    ladder: tuple
+    start: int = 0
+    prepare: Callable[[ImageDataset, int], object] | None = None
 
 
 def contenders(clip: Clip, epochs: int, steps: int = 300, views: int = 4) -> dict[str, Contender]:
-    """Zero-shot, the baselines and the papers' methods, each with three values of its main knob."""
+    """Zero-shot, the baselines and the papers' methods, each with a ladder of its main knob (three values
+    tried first, the middle of the ladder)."""
+    crops = lambda support, seed: augmented_features(clip, support, views, seed)  # LLU and CLIP-Adapter share them
     return {
         "zero-shot": Contender(lambda value, seed: ZeroShot(clip), "none", (None,)),
-        "linear probe": Contender(lambda c, seed: LinearProbe(clip, C=c), "C", (1.0, 10.0, 100.0)),
-        "Tip-Adapter": Contender(lambda a, seed: TipAdapter(clip, alpha=a), "alpha", (0.5, 1.0, 2.0)),
+        "linear probe": Contender(lambda c, seed: LinearProbe(clip, C=c), "C", (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0), 1),
+        "Tip-Adapter": Contender(lambda a, seed: TipAdapter(clip, alpha=a), "alpha", TIP_ALPHAS, 1),
         "CLIP-Adapter": Contender(lambda r, seed: GlobalResidualAdapter(clip, ratio=r, steps=steps, views=views, seed=seed),
-                                  "ratio", (0.2, 0.5, 0.8)),
-        "LLU": Contender(lambda k, seed: LLU(clip, kappa=k, steps=steps, views=views, seed=seed), "kappa", (2.0, 10.0, 50.0)),
-        "CoOp": Contender(lambda lr, seed: make_family(clip, "CoOp", epochs=epochs, lr=lr, seed=seed), "lr", (0.15, 0.5, 1.5)),
+                                  "ratio", (0.05, 0.2, 0.5, 0.8, 0.95), 1, crops),
+        "LLU": Contender(lambda k, seed: LLU(clip, kappa=k, steps=steps, views=views, seed=seed), "kappa",
+                         (0.5, 2.0, 10.0, 50.0, 200.0), 1, crops),
+        "CoOp": Contender(lambda lr, seed: make_family(clip, "CoOp", epochs=epochs, lr=lr, seed=seed), "lr",
+                          (0.05, 0.15, 0.5, 1.5, 5.0), 1),
         "APEX": Contender(lambda lr, seed: make_family(clip, "VPT+TA", ensemble=True, epochs=epochs, lr=lr, augment=True, seed=seed),
-                          "lr", (0.05, 0.15, 0.5)),
+                          "lr", (0.015, 0.05, 0.15, 0.5, 1.5, 5.0), 1),
         "fine-tuning": Contender(lambda lr, seed: make_variant(clip, "fine-tuning", epochs=epochs, lr=lr, seed=seed),
-                                 "lr", (3e-5, 1e-4, 3e-4)),
+                                 "lr", TOWER_LEARNING_RATES, 1),
         "CLIP-CITE": Contender(lambda lr, seed: make_variant(clip, "CLIP-CITE", epochs=epochs, lr=lr, seed=seed),
-                               "lr", (3e-5, 1e-4, 3e-4)),
+                               "lr", TOWER_LEARNING_RATES, 1),
     }
 
 
-def choose_hyperparameters(candidates: dict[str, Contender], tune_on: str, shots: int, seed: int,
-                           progress: bool = True) -> pd.DataFrame:
-    """Every contender's grid, searched alike: fitted on ``shots`` per base class of ``tune_on``'s training
-    split (seed ``seed``) and scored on its validation split's base classes. Returns rows ``method, knob,
-    value, val_accuracy, chosen``; the test splits are never seen."""
+def search_ladder(score: Callable[[object], float], ladder: Sequence, start: int = 0, width: int = 3) -> dict[int, float]:
+    """Scores of the ladder positions tried: ``width`` values from ``start`` first, then one more step past
+    whichever edge of the tried range holds the best score (strictly: a tie with another value stays put),
+    until the best is inside the range or the ladder ends. The same rule for every method, so no grid's
+    edge decides a comparison. Returns ``{position: score}``; the best is the highest score (the lowest
+    position on ties)."""
+    if not 0 <= start <= max(0, len(ladder) - width):
+        raise ValueError(f"start={start} must leave {width} values on a ladder of {len(ladder)} (allowed: 0..{max(0, len(ladder) - width)})")
+    tried = {i: score(ladder[i]) for i in range(start, min(len(ladder), start + width))}
+    while True:
+        best = max(sorted(tried), key=lambda i: tried[i])
+        step = -1 if best == min(tried) else 1 if best == max(tried) else 0
+        beyond, tied = best + step, sum(value == tried[best] for value in tried.values()) > 1
+        if step == 0 or tied or not 0 <= beyond < len(ladder) or len(tried) == 1:
+            return tried
+        tried[beyond] = score(ladder[beyond])
+
+
+Validation = Callable[[Callable[[], Method]], float]
+
+
+def base_class_validation(tune_on: str, shots: int, seed: int) -> Validation:
+    """Score a fresh method fitted on ``shots`` per base class of ``tune_on``'s training split (seed ``seed``)
+    on its validation split's base classes."""
     train, _ = base_new_split(load_dataset(tune_on, "train"))
     val, _ = base_new_split(load_dataset(tune_on, "val"))
-    support, rows = few_shot(train, shots, seed), []
+    support = few_shot(train, shots, seed)
+    return lambda make: evaluate(make().fit(support), val)
+
+
+def episode_validation(episodes: dict[str, Sequence[Episode]]) -> Validation:
+    """Mean query accuracy of a fresh method per validation episode, over every dataset's episodes."""
+    every = [episode for per_dataset in episodes.values() for episode in per_dataset]
+    return lambda make: float(np.mean([evaluate(make().fit(ep.support), ep.query) for ep in every]))
+
+
+def choose_hyperparameters(candidates: dict[str, Contender], score: Validation, seed: int,
+                           progress: bool = True) -> pd.DataFrame:
+    """Every contender's ladder, searched alike (:func:`search_ladder`), each value built for ``seed`` and
+    scored by ``score`` on a validation split (:func:`base_class_validation`, :func:`episode_validation`).
+    Returns rows ``method, knob, value, val_accuracy, chosen, ladder_end`` (the value is the first or last
+    of its ladder); the test splits are never seen."""
+    rows = []
     for label, contender in tqdm(candidates.items(), desc="choosing hyper-parameters", disable=not progress, leave=False):
-        if len(contender.grid) == 1:
-            rows.append({"method": label, "knob": contender.knob, "value": contender.grid[0], "val_accuracy": np.nan, "chosen": True})
+        if len(contender.ladder) == 1:
+            rows.append({"method": label, "knob": contender.knob, "value": contender.ladder[0], "val_accuracy": np.nan,
+                         "chosen": True, "ladder_end": False})
             continue
-        best, table = select_on_validation(lambda value: contender.make(value, seed), contender.grid, support, val)
-        rows += [{"method": label, "knob": contender.knob, "value": v, "val_accuracy": a, "chosen": v == best}
-                 for v, a in zip(table.value, table.val_accuracy)]
+        tried = search_ladder(lambda value: score(lambda: contender.make(value, seed)), contender.ladder, contender.start)
+        best = max(sorted(tried), key=lambda i: tried[i])
+        rows += [{"method": label, "knob": contender.knob, "value": contender.ladder[i], "val_accuracy": tried[i],
+                  "chosen": i == best, "ladder_end": i in (0, len(contender.ladder) - 1)} for i in sorted(tried)]
     return pd.DataFrame(rows)
 
 
 def tuning_summary(tuning: pd.DataFrame) -> pd.DataFrame:
     """:func:`choose_hyperparameters`' rows as one line per method: its knob, the validation accuracy of each
-    value tried, the value chosen, and whether that value is the first or last of its grid (the best one may
-    then lie beyond it)."""
+    value tried, the value chosen, and whether that value is an end of its ladder (the best one may then
+    lie beyond every value the ladder offers)."""
     def tried(rows: pd.DataFrame) -> str:
         return " · ".join(f"{v:g}: {a:.1f}" for v, a in zip(rows.value, rows.val_accuracy)) if rows.val_accuracy.notna().any() else "—"
 
-    def at_edge(rows: pd.DataFrame) -> str:
-        position = int(np.flatnonzero(rows.chosen.to_numpy())[0])
-        return "yes" if len(rows) > 1 and position in (0, len(rows) - 1) else ""
-
     return pd.DataFrame([{"method": m, "knob": rows.knob.iloc[0], "validation accuracy by value": tried(rows),
-                          "chosen": rows.value[rows.chosen].iloc[0], "at the grid's edge": at_edge(rows)}
+                          "values tried": len(rows) if rows.val_accuracy.notna().any() else 0,
+                          "chosen": rows.value[rows.chosen].iloc[0],
+                          "at the ladder's end": "yes" if rows.ladder_end[rows.chosen].iloc[0] else ""}
                          for m, rows in tuning.groupby("method", sort=False)]).set_index("method")
 
 
@@ -151,6 +206,73 @@ def domain_shift_tasks(source: str, targets: Sequence[str], shots: int, seeds: S
     tests = {name: fixed_test_sample(load_dataset(name, "test"), test_per_class) for name in targets}
     for seed in seeds:
         yield Task("domain shift", source, shots, seed, few_shot(train, shots, seed), tests)
+
+
+class MetaTrained:
+    """``train(value, seed)`` run once per (``key(value)``, seed) and shared by every episode of that seed, with
+    the wall time of each run kept in ``seconds`` (a meta-learner's one-off cost, beside its per-episode fit).
+    ``key`` maps a knob's value to what meta-training depends on (``lambda value: None`` when the knob only
+    acts at test time)."""
+
+    def __init__(self, train: Callable[[object, int], object], key: Callable[[object], object] = lambda value: value):
+        self.train, self.key, self.runs, self.seconds = train, key, {}, {}
+
+    def __call__(self, value: object, seed: int) -> object:
+        run = (self.key(value), seed)
+        if run not in self.runs:
+            start = time.perf_counter()
+            self.runs[run] = self.train(value, seed)
+            self.seconds[run] = time.perf_counter() - start
+        return self.runs[run]
+
+    def mean_seconds(self, value: object, seeds: Sequence[int]) -> float:
+        """Mean wall time of the meta-training behind ``value`` over ``seeds``."""
+        return float(np.mean([self.seconds[(self.key(value), seed)] for seed in seeds]))
+
+
+def mamf_episode_count(bench: Benchmark, n_way: int) -> int:
+    """MAMF's task count on a benchmark: its rule K(n) (:func:`~fslib.methods.mamf.task_count`) for each
+    in-distribution domain's meta-training classes, summed; MAMF meta-trains on that many of the
+    benchmark's meta-training episodes."""
+    classes = {ep.dataset: set() for ep in bench.train}
+    for ep in bench.train:
+        classes[ep.dataset].update(ep.classes)
+    return sum(task_count(n_way, len(seen)) for seen in classes.values())
+
+
+def episodic_contenders(clip: Clip, benches: dict[int, Benchmark], n_way: int, adapt_epochs: int = 5,
+                        smat_options: dict | None = None) -> tuple[dict[str, Contender], dict[str, MetaTrained]]:
+    """The methods on N-way episodes, each fitted on an episode's support set: zero-shot and Tip-Adapter (no
+    training), test-time fine-tuning from the pretrained weights (``adapt_epochs`` epochs, 01's meta-test),
+    MAMF (the same test-time fine-tuning from MAMF's meta-trained weights, one knob for both LRs as in 01)
+    and SMAT (03's experts and router, meta-trained once per seed with ``smat_options``; its knob is 03's
+    test-time fine-tuning LR, 0 = none). Returns the contenders and the meta-training runs by method."""
+    options = {"masks": "learned", "num_experts": 4, "sparsity": 0.9, **(smat_options or {})}
+    mamf_start = MetaTrained(lambda lr, seed: meta_train_on_episodes(
+        clip, benches[seed].train[:mamf_episode_count(benches[seed], n_way)], "mamf", lr=lr, seed=seed))
+    smat_experts = MetaTrained(lambda _, seed: meta_train(clip, benches[seed].train, seed=seed, progress=False, **options),
+                               key=lambda test_time_lr: None)
+    region = ExpertRegion(clip, options.get("blocks", 1))  # the frozen trunk's cache, shared with every SMAT run
+    contenders = {
+        "zero-shot": Contender(lambda value, seed: ZeroShot(clip), "none", (None,)),
+        "Tip-Adapter": Contender(lambda a, seed: TipAdapter(clip, alpha=a), "alpha", TIP_ALPHAS, 1),
+        "fine-tuning (per episode)": Contender(lambda lr, seed: PromptFineTune(clip, adapt_epochs, lr, seed=seed), "lr",
+                                               TOWER_LEARNING_RATES, 1),
+        "MAMF": Contender(lambda lr, seed: PromptFineTune(mamf_start(lr, seed), adapt_epochs, lr, seed=seed, name="MAMF"), "lr",
+                          TOWER_LEARNING_RATES, 1),
+        "SMAT": Contender(lambda lr, seed: SMAT(clip, smat_experts(lr, seed), finetune="full" if lr else "none", steps=adapt_epochs,
+                                                lr=lr, seed=seed), "test-time lr", (0.0, 1e-4, 1e-3, 1e-2), 0,
+                          lambda support, seed: region.pretrained_features(support)),
+    }
+    return contenders, {"MAMF": mamf_start, "SMAT": smat_experts}
+
+
+def episodic_tasks(benches: dict[int, Benchmark], shots: int) -> Iterator[Task]:
+    """Every test episode of every seed's benchmark as a task: fitted on its support set, scored on its query."""
+    for seed, bench in benches.items():
+        for name, episodes in bench.test.items():
+            for episode in episodes:
+                yield Task("episodic", name, shots, seed, episode.support, {"query": episode.query})
 
 
 def _release_freed_memory() -> None:
@@ -197,7 +319,8 @@ def run(clip: Clip, candidates: dict[str, Contender], chosen: dict[str, object],
     """Fit every contender (at its chosen value) once per task and score each of the task's test sets with
     their own class names. A method that cannot score unseen classes (the probe on new classes) gets NaN.
 
-    Every dataset's frozen features are encoded before the fits are timed; ``fit_seconds`` is the method's
+    Every dataset's frozen features (and what each contender's ``prepare`` caches) are encoded before the
+    fits are timed; ``fit_seconds`` is the method's
     own measure where it keeps one (training only, as in :func:`fslib.evaluation.base_to_new`), else the
     wall time of ``fit``. Returns rows ``protocol, dataset, shots, seed, method, part, accuracy,
     fit_seconds, peak_mb, trainable``.
@@ -206,6 +329,9 @@ def run(clip: Clip, candidates: dict[str, Contender], chosen: dict[str, object],
     for task in tqdm(list(tasks), desc="tasks", disable=not progress):
         for dataset in (task.support, *task.tests.values()):  # encoded once, before any fit is timed
             encode_images(clip, dataset, progress=False)
+        for contender in candidates.values():
+            if contender.prepare:
+                contender.prepare(task.support, task.seed)
         for label, contender in candidates.items():
             method = contender.make(chosen[label], task.seed)
             with peak_memory(clip.device) as memory:
@@ -225,8 +351,8 @@ def run(clip: Clip, candidates: dict[str, Contender], chosen: dict[str, object],
 
 def scores(results: pd.DataFrame) -> pd.DataFrame:
     """One score per (protocol, setting, method, seed), averaged over datasets first: few-shot accuracy per
-    shot count, base-to-new HM(mean base, mean new) (NaN where a method has no new-class score) and the
-    mean accuracy over the shifted domains. Rows ``protocol, setting, method, seed, score``."""
+    shot count, base-to-new HM(mean base, mean new) (NaN where a method has no new-class score), the
+    mean accuracy over the shifted domains, and the mean episode accuracy per dataset for episodes. Rows ``protocol, setting, method, seed, score``."""
     rows = []
     for (protocol, shots, method, seed), part in results.groupby(["protocol", "shots", "method", "seed"], sort=False):
         if protocol == "base-to-new":
@@ -234,8 +360,9 @@ def scores(results: pd.DataFrame) -> pd.DataFrame:
             score = harmonic_mean(by_part["base"], by_part["new"]) if by_part.notna().all() else np.nan
             setting = "HM"
         else:
-            score = part.groupby("dataset").accuracy.mean().mean() if protocol == "few-shot" else part.accuracy.mean()
-            setting = f"{shots} shots" if protocol == "few-shot" else "targets"
+            by_dataset = protocol in ("few-shot", "episodic")
+            score = part.groupby("dataset").accuracy.mean().mean() if by_dataset else part.accuracy.mean()
+            setting = {"few-shot": f"{shots} shots", "episodic": f"{shots}-shot episodes"}.get(protocol, "targets")
         rows.append({"protocol": protocol, "setting": setting, "method": method, "seed": seed, "score": score})
     return pd.DataFrame(rows)
 

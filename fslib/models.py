@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from fslib.training import autocast
+
 if TYPE_CHECKING:
     from fslib.data import ImageDataset
 
@@ -155,5 +157,14 @@ def prompt_logits(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Te
 @torch.no_grad()
 def prompt_logits_cpu(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor,
                       chunk_size: int = 256) -> torch.Tensor:
-    """:func:`prompt_logits` for a whole test set, in chunks (GPU memory), returned on the CPU: (N, C)."""
-    return torch.cat([prompt_logits(model, chunk, tokens).float().cpu() for chunk in pixels.split(chunk_size)])
+    """:func:`prompt_logits` for a whole test set, in chunks (GPU memory), returned on the CPU: (N, C).
+
+    The towers run under the kit's precision setting, as every encoding does; the cosines are taken in
+    fp32, since a bf16 product would round logits of scale 100 by about ±0.3, enough to flip close calls."""
+    device = next(model.parameters()).device
+    logits = []
+    for chunk in pixels.split(chunk_size):
+        with autocast(device):
+            image_features, text_features, scale = model(chunk.to(device), tokens.to(device))[:3]
+        logits.append((scale.float() * image_features.float() @ text_features.float().T).cpu())
+    return torch.cat(logits)

@@ -158,6 +158,12 @@ def choice(*allowed: Any) -> Check:
     return check
 
 
+def precision(name: str, value: Any) -> str:
+    """One of :data:`fslib.training.PRECISIONS` (what :func:`fslib.training.set_precision` takes)."""
+    from fslib.training import PRECISIONS
+    return choice(*PRECISIONS)(name, value)
+
+
 def dataset_list(name: str, value: Any) -> list[str]:
     """Dataset names (embedded or torchvision) or image-folder paths: a list, or text "shapes,counting"."""
     from fslib.data import TORCHVISION_DATASETS

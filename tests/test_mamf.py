@@ -4,8 +4,9 @@ import torch
 
 import pandas as pd
 
+from fslib.fewshot import EpisodeSampler
 from fslib.methods.mamf import (PromptFineTune, choose_settings, compare_strategies, fomaml_task_update, mamf_budget,
-                               meta_train, sample_tasks, task_count, train_arm)
+                               meta_train, meta_train_on_episodes, sample_tasks, task_count, train_arm)
 from tests.conftest import make_dataset
 
 
@@ -67,6 +68,18 @@ def test_meta_train_changes_a_copy_only(random_clip, strategy):
     trained = meta_train(random_clip, make_dataset(4, 4), strategy, n_way=2, lr=1e-3, batch_size=8, progress=False)
     assert torch.equal(random_clip.model.visual.proj, before)
     assert not torch.equal(trained.model.visual.proj, before)
+
+
+@pytest.mark.parametrize("strategy", ["mamf", "fomaml"])
+def test_meta_train_on_episodes_changes_a_copy_and_is_seeded(random_clip, strategy):
+    episodes = [EpisodeSampler([make_dataset(4, 6)], n_way=2, k_shot=2, q_query=2, seed=0).sample() for _ in range(3)]
+    before = random_clip.model.visual.proj.clone()
+    runs = [meta_train_on_episodes(random_clip, episodes, strategy, lr=1e-3, seed=1) for _ in range(2)]
+    assert torch.equal(random_clip.model.visual.proj, before)
+    assert not torch.equal(runs[0].model.visual.proj, before)
+    assert torch.equal(runs[0].model.visual.proj, runs[1].model.visual.proj)  # the same seed, the same weights
+    with pytest.raises(ValueError, match="strategy='finetune' has no tasks; allowed here: mamf, fomaml"):
+        meta_train_on_episodes(random_clip, episodes, "finetune")
 
 
 def test_mamf_budget_by_hand():

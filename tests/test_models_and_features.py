@@ -154,3 +154,16 @@ def test_benchmark_reports_every_stage_on_a_jpeg_folder(tmp_path):
     for key in ("pipeline_img_s", "encoder_img_s", "end_to_end_img_s", "decode_ms", "transform_ms", "peak_rss_mb"):
         assert result[key] > 0, key
     assert result["end_to_end_over_encoder"] == pytest.approx(result["end_to_end_img_s"] / result["encoder_img_s"], abs=1e-3)
+
+
+def test_scoring_a_tower_honours_the_precision_and_takes_the_cosines_in_fp32(random_clip):
+    from fslib.features import preprocess_images
+    from fslib.models import prompt_logits_cpu
+    from fslib.training import precision_scope
+    data = make_dataset(3, 2)
+    pixels, tokens = preprocess_images(random_clip, data), random_clip.tokenizer([f"a photo of a class{c}." for c in range(3)])
+    full = prompt_logits_cpu(random_clip.model, pixels, tokens)
+    with precision_scope("bf16"):
+        reduced = prompt_logits_cpu(random_clip.model, pixels, tokens)
+    assert reduced.dtype == torch.float32 and not torch.equal(full, reduced)  # the towers ran in bf16
+    torch.testing.assert_close(reduced, full, atol=0.05 * random_clip.logit_scale, rtol=0)

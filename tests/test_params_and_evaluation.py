@@ -8,9 +8,9 @@ from fslib import params
 from fslib.evaluation import accuracy, harmonic_mean, mean_ci, select_on_validation
 
 CHECKS = dict(model=params.model_name, pretrained=lambda n, v: v, datasets=params.dataset_list,
-              shots=params.positive_int, seeds=params.int_list, device=params.device)
+              shots=params.positive_int, seeds=params.int_list, device=params.device, precision=params.precision)
 GOOD = dict(model="fslib-tiny-vit", pretrained="embedded", datasets=["shapes", "counting"], shots=4, seeds=[1, 2, 3],
-            device="cpu")
+            device="cpu", precision="auto")
 
 
 def test_valid_parameters_pass_through():
@@ -25,6 +25,7 @@ def test_valid_parameters_pass_through():
     ("pretrained", "openai", "unknown pretrained tag 'openai' for model 'fslib-tiny-vit'"),
     ("device", "tpu", "device='tpu' is not allowed; allowed: 'cpu', 'cuda'"),
     ("seeds", [1, 0], "seeds=0 is not allowed"),
+    ("precision", "fp8", "precision='fp8' is not allowed; allowed: 'auto', 'fp32', 'bf16', 'fp16'"),
 ])
 def test_bad_parameter_values_are_named(name, value, message):
     with pytest.raises(ValueError, match=message):

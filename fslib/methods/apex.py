@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -41,7 +41,7 @@ from fslib.fewshot import base_to_new_sets, few_shot, fixed_test_sample
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, zero_shot_classifier
 from fslib.progress import tqdm
-from fslib.training import frozen, minibatches, train
+from fslib.training import autocast, frozen, minibatches, train
 
 APEX_TEMPLATE = "a photo of a {}."
 ENSEMBLE_TEXT = ("prompted", "zero-shot")
@@ -205,8 +205,15 @@ class PromptedCLIP(Method):
     def image_features_clean(self, images: ImageDataset) -> torch.Tensor:
         """The frozen tower's unnormalised image features (what the ensemble mixes back in, Alg. 2).
         They depend on neither the prompts nor the seed, so a sweep computes them once per test set."""
-        chunks = preprocess_images(self.clip, images).split(256)
-        return torch.cat([self.clip.model.encode_image(chunk.to(self.clip.device)) for chunk in chunks])
+        return self._encode_in_chunks(self.clip.model.encode_image, images)
+
+    def _encode_in_chunks(self, encode: Callable[[torch.Tensor], torch.Tensor], images: ImageDataset) -> torch.Tensor:
+        """``encode`` over the preprocessed images, 256 at a time, under the kit's precision; fp32 out."""
+        out = []
+        for chunk in preprocess_images(self.clip, images).split(256):
+            with autocast(self.clip.device):
+                out.append(encode(chunk.to(self.clip.device)).float())
+        return torch.cat(out)
 
     @torch.no_grad()
     def image_features_pair(self, images: Images, clean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -216,7 +223,7 @@ class PromptedCLIP(Method):
             return self.image_features_frozen(images), None
         if isinstance(images, torch.Tensor):
             raise TypeError(f"{self.name} prompts the image tower: pass an ImageDataset, not cached features")
-        prompted = torch.cat([self.image_features_prompted(chunk) for chunk in preprocess_images(self.clip, images).split(256)])
+        prompted = self._encode_in_chunks(self.image_features_prompted, images)
         if clean is None and self.ensemble:
             clean = self.image_features_clean(images)
         return prompted, clean

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import episode_accuracies
 from fslib.features import preprocess_images
-from fslib.fewshot import EpisodeSampler, few_shot
+from fslib.fewshot import Episode, EpisodeSampler, few_shot
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, prompt_logits, prompt_logits_cpu, prompt_tokens
 from fslib.progress import tqdm
@@ -160,17 +160,28 @@ def reset_projections(model: torch.nn.Module, seed: int) -> None:
             weight.copy_(torch.randn(weight.shape, generator=generator) * math.sqrt(2.0 / fan_in))
 
 
-def meta_train(clip: Clip, train_set: ImageDataset, strategy: str, n_way: int, epochs: int = 1, lr: float = 1e-5,
-               inner_lr: float = 1e-3, inner_steps: int = 1, batch_size: int = 32, seed: int = 1,
-               steps: int | None = None, random_heads: bool = False, freeze_text: bool = False,
-               progress: bool = True) -> Clip:
-    """Starting weights for meta-test by ``strategy`` (one of ``STRATEGIES``) on ``train_set``.
+def task_update(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor, strategy: str,
+                epochs: int, lr: float, inner_lr: float, inner_steps: int, batch_size: int, seed: int,
+                outer: torch.optim.Optimizer | None = None) -> None:
+    """Meta-train ``model`` on one task, in place: MAMF fine-tunes on all of the task's images with a fresh
+    optimiser (§2.3, as the official code does); FOMAML (§2.5) splits them at random into a support and a
+    query half, takes ``inner_steps`` SGD steps on support batches and steps ``outer`` (the optimiser that
+    lives across tasks) with the query half's gradient, ``epochs`` times."""
+    if strategy == "mamf":
+        fine_tune(model, images, labels, tokens, epochs, lr, batch_size, seed)
+        return
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
+    support_half, query_half = order[:len(order) // 2], order[len(order) // 2:]
+    support = [support_half[torch.randperm(len(support_half), generator=generator)[:batch_size]] for _ in range(inner_steps)]
+    query = [query_half[s:s + batch_size] for s in range(0, len(query_half), batch_size)]
+    for _ in range(epochs):
+        fomaml_task_update(model, lambda params, b: in_batch_loss(model, images[b], labels[b], tokens, params),
+                           support, query, inner_lr, outer)
 
-    Returns a new :class:`Clip` (the input is not modified). ``epochs`` are per task for MAMF and
-    FOMAML (the official code runs 8 per task) and over all data for fine-tuning, unless ``steps``
-    fixes fine-tuning's step count (see :func:`mamf_budget`). FOMAML takes ``inner_steps`` SGD steps
-    of ``inner_lr`` on random support-half batches of each task.
-    """
+
+def _start(clip: Clip, strategy: str, seed: int, random_heads: bool, freeze_text: bool) -> torch.nn.Module:
+    """A trainable copy of ``clip``'s model, with the official random heads or a frozen text tower if asked."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
     model = copy.deepcopy(clip.model)
@@ -180,6 +191,21 @@ def meta_train(clip: Clip, train_set: ImageDataset, strategy: str, n_way: int, e
         for name, p in model.named_parameters():
             if not name.startswith("visual.") and name != "logit_scale":
                 p.requires_grad_(False)
+    return model
+
+
+def meta_train(clip: Clip, train_set: ImageDataset, strategy: str, n_way: int, epochs: int = 1, lr: float = 1e-5,
+               inner_lr: float = 1e-3, inner_steps: int = 1, batch_size: int = 32, seed: int = 1,
+               steps: int | None = None, random_heads: bool = False, freeze_text: bool = False,
+               progress: bool = True) -> Clip:
+    """Starting weights for meta-test by ``strategy`` (one of ``STRATEGIES``) on ``train_set``.
+
+    Returns a new :class:`Clip` (the input is not modified). ``epochs`` are per task for MAMF and
+    FOMAML (the official code runs 8 per task) and over all data for fine-tuning, unless ``steps``
+    fixes fine-tuning's step count (see :func:`mamf_budget`). FOMAML takes ``inner_steps`` SGD steps
+    of ``inner_lr`` on random support-half batches of each task (:func:`task_update`).
+    """
+    model = _start(clip, strategy, seed, random_heads, freeze_text)
     images, labels = preprocess_images(clip, train_set), torch.as_tensor(train_set.labels)
     tokens = prompt_tokens(clip, train_set)
     if strategy == "finetune":
@@ -189,18 +215,26 @@ def meta_train(clip: Clip, train_set: ImageDataset, strategy: str, n_way: int, e
         tasks = mamf_tasks(train_set, n_way, seed)
         for i, task in enumerate(tqdm(tasks, desc=f"{strategy} {train_set.name} n={n_way}", disable=not progress, leave=False)):
             idx = torch.as_tensor(np.flatnonzero(np.isin(train_set.labels, task)))
-            if strategy == "mamf":  # a fresh optimiser per task, as the official code does
-                fine_tune(model, images[idx], labels[idx], tokens, epochs, lr, batch_size, seed + i)
-                continue
-            generator = torch.Generator().manual_seed(seed + i)
-            idx = idx[torch.randperm(len(idx), generator=generator)]
-            support_half, query_half = idx[:len(idx) // 2], idx[len(idx) // 2:]
-            support = [support_half[torch.randperm(len(support_half), generator=generator)[:batch_size]]
-                       for _ in range(inner_steps)]
-            query = [query_half[s:s + batch_size] for s in range(0, len(query_half), batch_size)]
-            for _ in range(epochs):
-                fomaml_task_update(model, lambda params, b: in_batch_loss(model, images[b], labels[b], tokens, params),
-                                   support, query, inner_lr, outer)
+            task_update(model, images[idx], labels[idx], tokens, strategy, epochs, lr, inner_lr, inner_steps, batch_size,
+                        seed + i, outer)
+    model.eval()
+    return replace(clip, model=model, pretrained=f"{clip.pretrained}+{strategy}")
+
+
+def meta_train_on_episodes(clip: Clip, episodes: Sequence[Episode], strategy: str = "mamf", epochs: int = 1,
+                           lr: float = 1e-5, inner_lr: float = 1e-3, inner_steps: int = 1, batch_size: int = 32,
+                           seed: int = 1) -> Clip:
+    """MAMF or FOMAML on ready-made N-way episodes (a meta-learning benchmark's, e.g. SMAT's), one task per
+    episode with its support and query images together and its own class prompts (:func:`task_update`)."""
+    if strategy == "finetune":
+        raise ValueError("strategy='finetune' has no tasks; allowed here: mamf, fomaml")
+    model = _start(clip, strategy, seed, random_heads=False, freeze_text=False)
+    outer = make_optimizer(model.parameters(), "adam", lr) if strategy == "fomaml" else None
+    for i, episode in enumerate(episodes):
+        images = torch.cat([preprocess_images(clip, episode.support), preprocess_images(clip, episode.query)])
+        labels = torch.as_tensor(np.concatenate([episode.support.labels, episode.query.labels]))
+        task_update(model, images, labels, prompt_tokens(clip, episode.support), strategy, epochs, lr, inner_lr, inner_steps,
+                    batch_size, seed + i, outer)
     model.eval()
     return replace(clip, model=model, pretrained=f"{clip.pretrained}+{strategy}")
 

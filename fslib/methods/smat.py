@@ -58,7 +58,7 @@ from fslib.fewshot import Episode, EpisodeSampler, fixed_test_sample, restrict_c
 from fslib.methods.base import Images, Method
 from fslib.models import Clip
 from fslib.progress import tqdm
-from fslib.training import autocast, grad_scaler, make_optimizer
+from fslib.training import autocast, grad_scaler, make_optimizer, precision
 
 MASK_MODES = ("learned", "dense", "random", "magnitude", "none")
 ROUTED_MODES = ("learned", "random", "magnitude")  # the modes with M experts and a router
@@ -166,14 +166,15 @@ class ExpertRegion:
             return preprocess_images(self.clip, dataset)
         if dataset.parent is not None:
             return self.inputs(dataset.parent, batch_size)[torch.as_tensor(dataset.parent_indices)]
-        key = f"{self.weights_key}:{dataset.fingerprint()}:{self.start}"
+        key = f"{self.weights_key}:{dataset.fingerprint()}:{self.start}:{precision(self.clip.device)}"
         if key in _REGION_INPUTS:
             return _REGION_INPUTS[key]
         chunks = []
         for batch in pixel_batches(self.clip, dataset, batch_size):
-            x = self.visual._embeds(batch.to(self.clip.device))
-            for block in self.visual.transformer.resblocks[:self.start]:
-                x = self._run_block(block, None, x)
+            with autocast(self.clip.device):  # the trunk is an encoding like any other: the kit's precision
+                x = self.visual._embeds(batch.to(self.clip.device))
+                for block in self.visual.transformer.resblocks[:self.start]:
+                    x = self._run_block(block, None, x)
             chunks.append(x.float().cpu())
         _REGION_INPUTS[key] = tokens = torch.cat(chunks)
         return tokens
@@ -184,7 +185,7 @@ class ExpertRegion:
         full dataset (the router's input and the pretrained teacher read them)."""
         if dataset.parent is not None:
             return self.pretrained_features(dataset.parent)[torch.as_tensor(dataset.parent_indices)]
-        key = f"features:{self.weights_key}:{dataset.fingerprint()}:{self.start}"
+        key = f"features:{self.weights_key}:{dataset.fingerprint()}:{self.start}:{precision(self.clip.device)}"
         if key in _REGION_INPUTS:
             return _REGION_INPUTS[key]
         pre = self.pretrained()
