@@ -310,8 +310,7 @@ def peak_memory(device: torch.device, interval_s: float = 0.01) -> Iterator[dict
     finally:
         stop.set()
         sampler.join()
-        result["peak_mb"] = max(peak, process.memory_info().rss) - start
-        result["peak_mb"] /= 2**20
+        result["peak_mb"] = (max(peak, process.memory_info().rss) - start) / 2**20
 
 
 def run(clip: Clip, candidates: dict[str, Contender], chosen: dict[str, object], tasks: Sequence[Task],

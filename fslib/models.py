@@ -142,15 +142,21 @@ def prompt_tokens(clip: Clip, dataset: "ImageDataset") -> torch.Tensor:
     return clip.tokenizer([dataset.templates[0].format(name) for name in dataset.classnames])
 
 
-def prompt_logits(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor,
-                  params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """``exp(s) * cos(image, prompt)`` logits, (B, C); ``params`` evaluates the model functionally."""
+def prompt_features(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor,
+                    params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(normalised image features, normalised prompt features, ``exp(s)``) on the model's device;
+    ``params`` evaluates the model functionally."""
     device = next(model.parameters()).device
     images, tokens = images.to(device), tokens.to(device)
     if params is None:
-        image_features, text_features, scale = model(images, tokens)[:3]
-    else:
-        image_features, text_features, scale = functional_call(model, params, (images, tokens))[:3]
+        return model(images, tokens)[:3]
+    return functional_call(model, params, (images, tokens))[:3]
+
+
+def prompt_logits(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor,
+                  params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``exp(s) * cos(image, prompt)`` logits, (B, C); ``params`` evaluates the model functionally."""
+    image_features, text_features, scale = prompt_features(model, images, tokens, params)
     return scale * image_features @ text_features.T
 
 
@@ -161,10 +167,9 @@ def prompt_logits_cpu(model: torch.nn.Module, pixels: torch.Tensor, tokens: torc
 
     The towers run under the kit's precision setting, as every encoding does; the cosines are taken in
     fp32, since a bf16 product would round logits of scale 100 by about ±0.3, enough to flip close calls."""
-    device = next(model.parameters()).device
-    logits = []
+    device, logits = next(model.parameters()).device, []
     for chunk in pixels.split(chunk_size):
         with autocast(device):
-            image_features, text_features, scale = model(chunk.to(device), tokens.to(device))[:3]
+            image_features, text_features, scale = prompt_features(model, chunk, tokens)
         logits.append((scale.float() * image_features.float() @ text_features.float().T).cpu())
     return torch.cat(logits)

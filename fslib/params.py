@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import open_clip
 
+from fslib.training import PRECISIONS
+
 Check = Callable[[str, Any], Any]
 _IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 
@@ -160,7 +162,6 @@ def choice(*allowed: Any) -> Check:
 
 def precision(name: str, value: Any) -> str:
     """One of :data:`fslib.training.PRECISIONS` (what :func:`fslib.training.set_precision` takes)."""
-    from fslib.training import PRECISIONS
     return choice(*PRECISIONS)(name, value)
 
 

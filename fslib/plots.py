@@ -254,20 +254,6 @@ def update_fields(fields: dict) -> plt.Figure:
     return fig
 
 
-def time_vs_accuracy(speed: "pd.DataFrame") -> plt.Figure:
-    """Fit time (log scale) vs harmonic mean per method (columns ``fit seconds``, ``HM``, ``base``)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    score = speed["HM"].fillna(speed["base"])
-    ax.scatter(speed["fit seconds"].clip(lower=1e-4), score, s=40, zorder=3)
-    for method, x, y in zip(speed.index, speed["fit seconds"].clip(lower=1e-4), score):
-        ax.annotate(method, (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set(xlabel="fit time per task (s, log scale)", ylabel="harmonic mean (base for the probe) (%)",
-           title="Accuracy vs training time")
-    fig.tight_layout()
-    return fig
-
-
 def kappa_tradeoff(sweep: "pd.DataFrame", zero_shot: "pd.Series") -> plt.Figure:
     """LLU's base and new accuracy over κ (``sweep``: rows ``seed, method`` = κ, ``part, accuracy``), with
     95% CI bands over seeds and zero-shot as dashed references."""
@@ -343,17 +329,19 @@ def verdicts(results: Sequence, title: str = "Claims: estimate, 95% CI and margi
     return fig
 
 
-def accuracy_vs_fit_time(board: "pd.DataFrame") -> plt.Figure:
-    """06_compare's picture: per method, the IQM over tasks (95% CI over seeds) against the mean fit time per
-    task on a log axis (``board``: index method, columns ``IQM``, ``ci95``, ``fit_seconds``)."""
+def accuracy_vs_fit_time(board: "pd.DataFrame", score: str = "IQM", ci: str | None = "ci95",
+                         ylabel: str = "IQM accuracy over tasks (%)",
+                         title: str = "Accuracy vs fit time (95% CI over seeds)") -> plt.Figure:
+    """Per method (``board``'s index), the ``score`` column with its 95% CI column ``ci`` (none if None)
+    against the mean fit time per task ``fit_seconds`` on a log axis: 06_compare's IQM over tasks by
+    default, 04's harmonic mean."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     seconds = board["fit_seconds"].clip(lower=1e-3)
-    ax.errorbar(seconds, board["IQM"], yerr=board["ci95"], fmt="o", capsize=3, color=sns.color_palette()[0])
-    for method, x, y in zip(board.index, seconds, board["IQM"]):
+    ax.errorbar(seconds, board[score], yerr=board[ci] if ci else None, fmt="o", capsize=3, color=sns.color_palette()[0])
+    for method, x, y in zip(board.index, seconds, board[score]):
         ax.annotate(method, (x, y), fontsize=8, xytext=(5, 3), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set(xlabel="mean fit time per task (s, log scale; 0 plotted at 1 ms)", ylabel="IQM accuracy over tasks (%)",
-           title="Accuracy vs fit time (95% CI over seeds)")
+    ax.set(xlabel="mean fit time per task (s, log scale; 0 plotted at 1 ms)", ylabel=ylabel, title=title)
     fig.tight_layout()
     return fig
 

@@ -166,7 +166,7 @@ class ExpertRegion:
             return preprocess_images(self.clip, dataset)
         if dataset.parent is not None:
             return self.inputs(dataset.parent, batch_size)[torch.as_tensor(dataset.parent_indices)]
-        key = f"{self.weights_key}:{dataset.fingerprint()}:{self.start}:{precision(self.clip.device)}"
+        key = self._cache_key(dataset)
         if key in _REGION_INPUTS:
             return _REGION_INPUTS[key]
         chunks = []
@@ -185,12 +185,16 @@ class ExpertRegion:
         full dataset (the router's input and the pretrained teacher read them)."""
         if dataset.parent is not None:
             return self.pretrained_features(dataset.parent)[torch.as_tensor(dataset.parent_indices)]
-        key = f"features:{self.weights_key}:{dataset.fingerprint()}:{self.start}:{precision(self.clip.device)}"
+        key = f"features:{self._cache_key(dataset)}"
         if key in _REGION_INPUTS:
             return _REGION_INPUTS[key]
         pre = self.pretrained()
         _REGION_INPUTS[key] = features = torch.cat([self.features(pre, x).cpu() for x in self.inputs(dataset).split(256)])
         return features
+
+    def _cache_key(self, dataset: ImageDataset) -> str:
+        """What the trunk's outputs depend on: its weights, the images, where it stops, the precision."""
+        return f"{self.weights_key}:{dataset.fingerprint()}:{self.start}:{precision(self.clip.device)}"
 
     def _run_block(self, block: nn.Module, params: dict[str, torch.Tensor] | None, x: torch.Tensor) -> torch.Tensor:
         """One open_clip residual block on batch-first tokens (transposing for sequence-first models)."""
