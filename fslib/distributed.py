@@ -1,11 +1,22 @@
 """Several processes, one result: the collectives a data-parallel loop needs, on torch.distributed.
 
 A loop launched by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE`` and the rendezvous address) calls
-:func:`setup`, gives each rank its share of the work (:func:`shard`), and after its backward pass sums the
-gradients over ranks (:func:`all_reduce_gradients`): every rank then takes the same optimiser step from the
-same gradients, so the weights, and everything computed from them, stay identical across ranks. Launched
-without ``torchrun`` every helper is a no-op (rank 0 of 1), so the single-process code path is unchanged.
-NCCL on CUDA, gloo on a CPU.
+:func:`setup` and splits its work in one of two ways; either way every rank then takes the same optimiser step
+from the same gradients, so the weights, and everything computed from them, stay identical across ranks.
+
+* **Tasks** (SMAT's meta-batches): each rank computes its share of a sum of task losses (:func:`shard`) and
+  the gradients are *summed* over ranks (:func:`all_reduce_gradients`).
+* **One batch** (full fine-tuning, MAMF's and FOMAML's task updates, pretraining): every rank draws the same
+  whole batch, encodes its contiguous slice of it (:func:`local_slice`), gathers the features of the whole
+  batch with their gradients (:func:`gather`, as open_clip's ``gather_with_grad``) and computes the *whole*
+  loss, unchanged: in-batch losses (contrastive, distillation, a softmax over the batch's classes) see every
+  image. The shared training loop then *averages* the gradients (:func:`average_gradients`): the gather's
+  backward hands each slice the gradient of every rank's (identical) loss, ``world`` times the true one, and
+  the parts every rank computes whole (the class prompts) carry the true gradient on each rank; the mean
+  is the one-process gradient for both.
+
+Launched without ``torchrun`` every helper is a no-op (rank 0 of 1, the whole batch as the slice), so the
+single-process code path is unchanged. NCCL on CUDA, gloo on a CPU.
 """
 from __future__ import annotations
 
@@ -41,6 +52,79 @@ def shard(items: Sequence[T]) -> list[int]:
     """The positions in ``items`` this rank handles: every ``world``-th, starting at its rank."""
     rank, world = rank_and_world()
     return list(range(rank, len(items), world))
+
+
+def rank_device(device: str) -> str:
+    """This rank's device: ``cuda:<local rank>`` for ``"cuda"`` under ``torchrun`` (one GPU per process),
+    else ``device`` as given."""
+    if device == "cuda" and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', rank_and_world()[0])) % torch.cuda.device_count()}"
+    return device
+
+
+def local_slice(batch_size: int) -> slice:
+    """This rank's contiguous share of a batch of ``batch_size`` (the first ranks take one more when it
+    does not divide): concatenating the slices in rank order gives the batch back in its own order."""
+    return _slice_of(*rank_and_world(), batch_size)
+
+
+def gather(local: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The whole batch's rows from every rank's :func:`local_slice` of ``local``, in batch order, with
+    gradients flowing back to each rank's own rows (summed over ranks, as open_clip's ``gather_with_grad``).
+    Slices are padded to one size for the collective, then trimmed."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return local
+    width = -(-batch_size // world)
+    padded = torch.cat([local, local.new_zeros((width - len(local), *local.shape[1:]))]) if len(local) < width else local
+    sizes = [piece.stop - piece.start for piece in (_slice_of(r, world, batch_size) for r in range(world))]
+    return torch.cat([piece[:size] for piece, size in zip(_AllGather.apply(padded).split(width), sizes)])
+
+
+class _AllGather(torch.autograd.Function):
+    """All ranks' equal-sized tensors, concatenated; backward: the sum over ranks of the gradient of this
+    rank's rows (an all-reduce of the whole gradient, then this rank's part)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        rank, world = rank_and_world()
+        ctx.rank, ctx.world = rank, world
+        pieces = [torch.empty_like(tensor) for _ in range(world)]
+        dist.all_gather(pieces, tensor.contiguous())
+        return torch.cat(pieces)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total.chunk(ctx.world)[ctx.rank]
+
+
+def _slice_of(rank: int, world: int, batch_size: int) -> slice:
+    base, extra = divmod(batch_size, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+def average_(tensors: Iterable[torch.Tensor]) -> None:
+    """Replace each tensor by its mean over ranks, in place (nothing outside a process group)."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return
+    for tensor in tensors:
+        dist.all_reduce(tensor)
+        tensor.div_(world)
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Mean of every gradient over ranks (the one-batch split above; a missing gradient counts as zeros)."""
+    if rank_and_world()[1] == 1:
+        return
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    average_([p.grad for p in params])
 
 
 def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:

@@ -153,17 +153,10 @@ def prompt_features(model: torch.nn.Module, images: torch.Tensor, tokens: torch.
     return functional_call(model, params, (images, tokens))[:3]
 
 
-def prompt_logits(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor,
-                  params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """``exp(s) * cos(image, prompt)`` logits, (B, C); ``params`` evaluates the model functionally."""
-    image_features, text_features, scale = prompt_features(model, images, tokens, params)
-    return scale * image_features @ text_features.T
-
-
 @torch.no_grad()
 def prompt_logits_cpu(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor,
                       chunk_size: int = 256) -> torch.Tensor:
-    """:func:`prompt_logits` for a whole test set, in chunks (GPU memory), returned on the CPU: (N, C).
+    """``exp(s) * cos(image, prompt)`` logits for a whole test set, in chunks (GPU memory), returned on the CPU: (N, C).
 
     The towers run under the kit's precision setting, as every encoding does; the cosines are taken in
     fp32, since a bf16 product would round logits of scale 100 by about ±0.3, enough to flip close calls."""

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from fslib import distributed
 from fslib.progress import tqdm
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "adadelta")
@@ -135,16 +136,21 @@ def train(params: Iterable[torch.nn.Parameter], step_loss: Callable[[int], torch
           progress: bool = True) -> list[float]:
     """Run ``steps`` optimiser steps on ``step_loss(step)``; return the losses.
 
-    The learning rate follows :func:`cosine_schedule`, or stays constant with ``cosine=False``.
+    The learning rate follows :func:`cosine_schedule`, or stays constant with ``cosine=False``. Under
+    ``torchrun`` the gradients are averaged over ranks before each step (:mod:`fslib.distributed`: a
+    ``step_loss`` that encodes its rank's slice and gathers the batch trains data-parallel; one that
+    computes the whole batch on every rank trains as one process would).
     """
+    params = list(params)
     opt = make_optimizer(params, optimizer, lr, weight_decay)
     schedule = cosine_schedule(opt, steps, warmup_steps) if cosine else torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     scaler, losses = grad_scaler(device), []
-    for step in (bar := tqdm(range(steps), desc=desc, disable=not progress, leave=False)):
+    for step in (bar := tqdm(range(steps), desc=desc, disable=not (progress and distributed.is_main()), leave=False)):
         with autocast(device):
             loss = step_loss(step)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        distributed.average_gradients(params)
         scaler.step(opt)
         scaler.update()
         schedule.step()

@@ -23,9 +23,12 @@ Table 4's loss subsets, FrozenTC / FrozenTE, plain fine-tuning (``L_DVA`` only, 
 """
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 import math
 import time
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import pandas as pd
@@ -33,10 +36,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fslib.data import ImageDataset
+from fslib import distributed
+from fslib.data import ImageDataset, load_dataset
+from fslib.evaluation import evaluate
 from fslib.features import augment_pixels, preprocess_images
+from fslib.fewshot import base_to_new_sets, few_shot
 from fslib.methods.base import Images, Method
-from fslib.models import Clip, prompt_logits_cpu, prompt_tokens
+from fslib.models import Clip, load_clip, prompt_logits_cpu, prompt_tokens
 from fslib.training import minibatches, train
 
 
@@ -124,9 +130,11 @@ trades a third more time for the activations' memory, for a ViT-B on a small mac
 
         def step_loss(step: int) -> torch.Tensor:
             idx = next(batches)
-            x = augment_pixels(images[idx], self.seed * 100_003 + step) if self.augment else images[idx]
+            mine = distributed.local_slice(len(idx))  # the whole batch in one process; a rank's share under torchrun
+            # crops are drawn image by image from one seed: those of the first images do not depend on the rest
+            x = augment_pixels(images[idx[:mine.stop]], self.seed * 100_003 + step)[mine] if self.augment else images[idx[mine]]
             x, y = x.to(device), labels[idx].to(device)
-            image = F.normalize(student.encode_image(x), dim=-1)
+            image = distributed.gather(F.normalize(student.encode_image(x), dim=-1), len(idx))
             loss = self.dva * dva_loss(image, classifier, y, scale) if self.dva else 0.0
             if self.scl or self.vld:
                 # each class prompt is encoded once and gathered per image: the same values and gradients
@@ -138,7 +146,7 @@ trades a third more time for the activations' memory, for a ViT-B on a small mac
                     loss = loss + self.scl * scl_loss(similarity, y if self.mask_same_class else None)
                 if self.vld:
                     with torch.no_grad():
-                        teacher_image = F.normalize(teacher.encode_image(x), dim=-1)
+                        teacher_image = distributed.gather(F.normalize(teacher.encode_image(x), dim=-1), len(idx))
                     loss = loss + self.vld * vld_loss(similarity, scale * teacher_image @ teacher_text[y].T)
             return loss
 
@@ -219,3 +227,37 @@ def interpolation_path(ratios: Sequence[float]):
     def variations(method: Method) -> Iterator[dict]:
         return method.interpolations(ratios) if isinstance(method, FullFineTune) else iter([{}])
     return variations
+
+
+def main() -> None:
+    """Fine-tune CLIP-CITE (or another of ``VARIANTS``) on a dataset's base classes, save the interpolated
+    weights and print base and new accuracy (rank 0), on one process or, under
+    ``torchrun --nproc_per_node N -m fslib.methods.clip_cite``, data-parallel on N (one GPU each, or CPU
+    processes): each rank encodes its slice of every batch, the losses see the gathered batch."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model", default="fslib-tiny-vit")
+    parser.add_argument("--pretrained", default="embedded")
+    parser.add_argument("--dataset", default="shapes_sketch", help="a kit dataset, a torchvision name or an image folder")
+    parser.add_argument("--variant", default="CLIP-CITE", choices=list(VARIANTS))
+    parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--batch-size", type=int, default=32, help="the global batch, split over the ranks")
+    parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("clip_cite.pt"))
+    args = parser.parse_args()
+    _, world = distributed.setup(args.device)
+    clip = load_clip(args.model, args.pretrained, distributed.rank_device(args.device))
+    base_train, base_test, new_test = base_to_new_sets(load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test"))
+    method = make_variant(clip, args.variant, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                          grad_checkpointing=args.grad_checkpointing).fit(few_shot(base_train, args.shots, args.seed))
+    if distributed.is_main():
+        torch.save(method.model.state_dict(), args.out)
+        print(json.dumps({"ranks": world, "fit_seconds": round(method.fit_seconds, 1), "base": round(evaluate(method, base_test), 2),
+                          "new": round(evaluate(method, new_test, new_test.classnames), 2)}))
+
+
+if __name__ == "__main__":
+    main()

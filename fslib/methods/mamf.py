@@ -21,9 +21,13 @@ while FOMAML starts at zero-shot accuracy; ``random_heads=True`` reproduces that
 """
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 import math
+import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -31,12 +35,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from fslib import distributed
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import episode_accuracies
 from fslib.features import preprocess_images
 from fslib.fewshot import Episode, EpisodeSampler, few_shot
 from fslib.methods.base import Images, Method
-from fslib.models import Clip, prompt_logits, prompt_logits_cpu, prompt_tokens
+from fslib.models import Clip, load_clip, prompt_features, prompt_logits_cpu, prompt_tokens
 from fslib.progress import tqdm
 from fslib.training import autocast, make_optimizer, minibatches, train
 
@@ -63,9 +68,14 @@ def sample_tasks(num_classes: int, n_way: int, count: int, rng: np.random.Genera
 
 def in_batch_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor,
                   params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Image-to-text cross-entropy with the softmax over the classes present in the batch (notes §2.2)."""
+    """Image-to-text cross-entropy with the softmax over the classes present in the batch (notes §2.2).
+
+    Under ``torchrun`` each rank encodes its slice of the batch and the whole batch's image features are
+    gathered (:mod:`fslib.distributed`), so every rank computes the one-process loss."""
     classes, targets = torch.unique(labels, return_inverse=True)
-    logits = prompt_logits(model, images, tokens[classes], params)
+    mine = distributed.local_slice(len(labels))
+    image_features, text_features, scale = prompt_features(model, images[mine], tokens[classes], params)
+    logits = scale * distributed.gather(image_features, len(labels)) @ text_features.T
     return F.cross_entropy(logits, targets.to(logits.device))
 
 
@@ -137,7 +147,9 @@ def fomaml_task_update(model: torch.nn.Module, loss_fn: Callable, support: Seque
         # apply, so under fp16 this pass is autocast without a scaler (bf16 needs none)
         with autocast(device):
             loss = loss_fn(fast, batch)
-        return torch.autograd.grad(loss, [fast[k] for k in trainable])
+        grads = torch.autograd.grad(loss, [fast[k] for k in trainable])
+        distributed.average_(grads)  # under torchrun, as the shared training loop does (fslib.distributed)
+        return grads
 
     for batch in support:
         grads = gradients(batch)
@@ -213,7 +225,7 @@ def meta_train(clip: Clip, train_set: ImageDataset, strategy: str, n_way: int, e
     else:
         outer = make_optimizer(model.parameters(), "adam", lr) if strategy == "fomaml" else None
         tasks = mamf_tasks(train_set, n_way, seed)
-        for i, task in enumerate(tqdm(tasks, desc=f"{strategy} {train_set.name} n={n_way}", disable=not progress, leave=False)):
+        for i, task in enumerate(tqdm(tasks, desc=f"{strategy} {train_set.name} n={n_way}", disable=not (progress and distributed.is_main()), leave=False)):
             idx = torch.as_tensor(np.flatnonzero(np.isin(train_set.labels, task)))
             task_update(model, images[idx], labels[idx], tokens, strategy, epochs, lr, inner_lr, inner_steps, batch_size,
                         seed + i, outer)
@@ -367,3 +379,40 @@ def choose_settings(validation: pd.DataFrame) -> dict[str, tuple[float, int]]:
     means = validation.groupby(["method", "lr", "adapt_epochs"], sort=False).accuracy.mean()
     best = {arm: means.loc[arm].idxmax() for arm in validation.method.unique() if arm != "zero-shot"}
     return {arm: (float(lr), int(adapt_epochs)) for arm, (lr, adapt_epochs) in best.items()}
+
+
+def main() -> None:
+    """Meta-train MAMF, FOMAML or fine-tuning on a dataset and save the weights (rank 0), on one process or,
+    under ``torchrun --nproc_per_node N -m fslib.methods.mamf``, data-parallel on N: the tasks stay in
+    order (each one's update starts from the last one's weights), and within a task every batch is split
+    over the ranks with its features gathered (:mod:`fslib.distributed`)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model", default="fslib-tiny-vit")
+    parser.add_argument("--pretrained", default="embedded")
+    parser.add_argument("--dataset", default="textures", help="a kit dataset, a torchvision name or an image folder")
+    parser.add_argument("--strategy", default="mamf", choices=STRATEGIES)
+    parser.add_argument("--n-way", type=int, default=5)
+    parser.add_argument("--train-per-class", type=int, default=8, help="training images per class (0: all)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--batch-size", type=int, default=32, help="the global batch, split over the ranks")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("mamf.pt"))
+    args = parser.parse_args()
+    _, world = distributed.setup(args.device)
+    clip = load_clip(args.model, args.pretrained, distributed.rank_device(args.device))
+    train_set = load_dataset(args.dataset, "train")
+    if args.train_per_class:
+        train_set = few_shot(train_set, args.train_per_class, args.seed)
+    started = time.perf_counter()
+    trained = meta_train(clip, train_set, args.strategy, args.n_way, epochs=args.epochs, lr=args.lr,
+                         batch_size=args.batch_size, seed=args.seed)
+    if distributed.is_main():
+        torch.save(trained.model.state_dict(), args.out)
+        print(json.dumps({"ranks": world, "strategy": args.strategy, "tasks": len(mamf_tasks(train_set, args.n_way, args.seed)),
+                          "seconds": round(time.perf_counter() - started, 1)}))
+
+
+if __name__ == "__main__":
+    main()

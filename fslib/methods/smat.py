@@ -840,9 +840,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("smat_experts.pt"))
     args = parser.parse_args()
-    rank, world = distributed.setup(args.device)
-    device = f"cuda:{rank % torch.cuda.device_count()}" if args.device == "cuda" else args.device
-    clip = load_clip(args.model, args.pretrained, device)
+    _, world = distributed.setup(args.device)
+    clip = load_clip(args.model, args.pretrained, distributed.rank_device(args.device))
     bench = make_benchmark(args.datasets.split(","), [], args.n_way, args.shots, args.queries, args.tasks, 0, 0, args.novel, args.seed)
     experts = meta_train(clip, bench.train, "learned", args.experts, args.sparsity, seed=args.seed,
                          blocks=None if args.blocks == "all" else int(args.blocks))

@@ -8,6 +8,11 @@ Fig. 3) with a learned temperature, AdamW, linear warm-up then cosine decay. Eve
 drawn from :func:`fslib.world.corpus.sample_pretraining_pair`, so the model never sees an image
 twice. The checkpoint is an fp16 ``state_dict`` that open_clip's own ``load_checkpoint`` reads,
 through the same :func:`fslib.models.load_clip` call users make for real checkpoints.
+
+Data-parallel on several GPUs (or CPU processes): ``torchrun --nproc_per_node 4 -m fslib.world.pretrain
+--device cuda``. Every rank draws the same batch (one random stream, so N ranks train on the batches one
+process would), encodes its slice, and the loss is taken over the gathered batch (:mod:`fslib.distributed`);
+rank 0 shows progress and writes the checkpoint and card.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from fslib import distributed
 from fslib.models import EMBEDDED_CHECKPOINT, EMBEDDED_MODEL, register_model_configs
 from fslib.progress import tqdm
 from fslib.training import autocast, grad_scaler, precision_scope
@@ -84,14 +90,17 @@ def _pretrain(seed: int, steps: int, batch_size: int, lr: float, weight_decay: f
     start, losses = time.time(), []
     model.train()
     scaler = grad_scaler(device)
-    for step in (bar := tqdm(range(steps), desc="pretraining")):
+    mine = distributed.local_slice(batch_size)  # the whole batch in one process
+    for step in (bar := tqdm(range(steps), desc="pretraining", disable=not distributed.is_main())):
         pixels, captions = sample_batch(rng, batch_size, mean, std)
         with autocast(device):
-            image_features = model.encode_image(pixels.to(device), normalize=True)
-            text_features = model.encode_text(tokenizer(captions).to(device), normalize=True)
-        loss = clip_loss(image_features.float(), text_features.float(), model.logit_scale.exp())
+            image_features = model.encode_image(pixels[mine].to(device), normalize=True)
+            text_features = model.encode_text(tokenizer(captions[mine]).to(device), normalize=True)
+        loss = clip_loss(distributed.gather(image_features.float(), batch_size),
+                         distributed.gather(text_features.float(), batch_size), model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        distributed.average_gradients(model.parameters())
         scaler.step(optimizer)
         scaler.update()
         schedule.step()
@@ -100,10 +109,11 @@ def _pretrain(seed: int, steps: int, batch_size: int, lr: float, weight_decay: f
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < steps:
+        if snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < steps and distributed.is_main():
             save_fp16(model, out.with_suffix(f".step{step + 1}.pt"))
     wall = time.time() - start
-    save_fp16(model, out)
+    if distributed.is_main():
+        save_fp16(model, out)
     return {"wall_time_s": round(wall, 1), "final_loss": round(float(np.mean(losses[-50:])), 4),
             "loss_curve": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, steps, 50)]}
 
@@ -172,7 +182,11 @@ def main() -> None:
     if args.card_only:
         training = json.loads(card_path.with_suffix(".json").read_text())["training"] if card_path.with_suffix(".json").exists() else {}
     else:
-        training = pretrain(out=args.out, snapshot_every=args.snapshot_every, device=args.device, **recipe)
+        distributed.setup(args.device)
+        training = pretrain(out=args.out, snapshot_every=args.snapshot_every, device=distributed.rank_device(args.device),
+                            **recipe)
+        if not distributed.is_main():
+            return
     card = write_model_card(training, recipe, args.out, card_path)
     for name, row in card["zero_shot_test_accuracy"].items():
         print(f"{name:16s} zero-shot {row['zero_shot']:5.1f}%  (chance {row['chance']}%)")
