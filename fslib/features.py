@@ -55,7 +55,11 @@ def memory_cache(budget_mb: float | None = None) -> TensorCache:
 _MEMORY = memory_cache()
 
 
-def _remember(key: str, value: torch.Tensor) -> torch.Tensor:
+def _in_memory(key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``_MEMORY[key]``, or ``compute()`` kept there (a tensor over the whole budget is returned, not kept)."""
+    if key in _MEMORY:
+        return _MEMORY[key]
+    value = compute()
     _MEMORY[key] = value
     return value
 
@@ -110,11 +114,11 @@ def preprocess_images(clip: Clip, dataset: ImageDataset) -> torch.Tensor:
     own images are decoded (a subset never materialises its parent); the tensor is kept in the bounded
     memory cache.
     """
-    key = f"pixels:{dataset.fingerprint()}:{clip.preprocess!r}"
-    if key in _MEMORY:
-        return _MEMORY[key]
-    batches = list(pixel_batches(clip, dataset))
-    return _remember(key, torch.cat(batches) if batches else torch.empty(0))
+    def decode() -> torch.Tensor:
+        batches = list(pixel_batches(clip, dataset))
+        return torch.cat(batches) if batches else torch.empty(0)
+
+    return _in_memory(f"pixels:{dataset.fingerprint()}:{clip.preprocess!r}", decode)
 
 
 @torch.no_grad()
@@ -150,17 +154,19 @@ def encode_images(clip: Clip, dataset: ImageDataset, batch_size: int = 256, cach
     if not cache:
         return _encode(clip, dataset, batch_size, progress)
     key = feature_key(clip, dataset)
-    if key in _MEMORY:
-        return _MEMORY[key]
-    path = cache_dir() / f"{key}.pt"
-    if path.exists():
-        return _remember(key, torch.load(path))
-    features = _encode(clip, dataset, batch_size, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        torch.save(features, tmp.name)
-    os.replace(tmp.name, path)
-    return _remember(key, features)
+
+    def from_disk_or_encode() -> torch.Tensor:
+        path = cache_dir() / f"{key}.pt"
+        if path.exists():
+            return torch.load(path)
+        features = _encode(clip, dataset, batch_size, progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            torch.save(features, tmp.name)
+        os.replace(tmp.name, path)  # atomic: a reader never sees half a file
+        return features
+
+    return _in_memory(key, from_disk_or_encode)
 
 
 # open_clip's training-time crop: 90-100% of the area. Label-preserving in the embedded world, where a
@@ -183,9 +189,9 @@ def augmented_features(clip: Clip, dataset: ImageDataset, views: int, seed: int,
     view-major: (views * N, D), row ``v * N + i`` is view ``v`` of image ``i``. What a frozen-encoder
     method trains on when its paper augments the training images; kept in this process's memory cache
     (under the same key as :func:`encode_images` plus views and seed), not on disk."""
-    key = f"{feature_key(clip, dataset)}:views{views}:seed{seed}"
-    if key in _MEMORY:
-        return _MEMORY[key]
-    pixels = preprocess_images(clip, dataset)
-    crops = torch.cat([augment_pixels(pixels, seed * 1_000 + view) for view in range(views)])
-    return _remember(key, encode_pixels(clip, crops.split(batch_size)))
+    def encode_crops() -> torch.Tensor:
+        pixels = preprocess_images(clip, dataset)
+        crops = torch.cat([augment_pixels(pixels, seed * 1_000 + view) for view in range(views)])
+        return encode_pixels(clip, crops.split(batch_size))
+
+    return _in_memory(f"{feature_key(clip, dataset)}:views{views}:seed{seed}", encode_crops)

@@ -137,6 +137,12 @@ def ensemble_prompts(prompt_features: torch.Tensor) -> torch.Tensor:
     return F.normalize(prompt_features.mean(dim=1), dim=-1)
 
 
+def in_text_tower(name: str) -> bool:
+    """Whether a parameter of an open_clip CLIP belongs to the text tower (all but ``visual.*`` and the
+    shared temperature): what FrozenTE and MAMF's ``freeze_text`` keep fixed."""
+    return not name.startswith("visual.") and name != "logit_scale"
+
+
 def prompt_tokens(clip: Clip, dataset: "ImageDataset") -> torch.Tensor:
     """One prompt per class (the dataset's first template), tokenised: (C, context_length)."""
     return clip.tokenizer([dataset.templates[0].format(name) for name in dataset.classnames])

@@ -146,9 +146,9 @@ def train(params: Iterable[torch.nn.Parameter], step_loss: Callable[[int], torch
     schedule = cosine_schedule(opt, steps, warmup_steps) if cosine else torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     scaler, losses = grad_scaler(device), []
     for step in (bar := tqdm(range(steps), desc=desc, disable=not (progress and distributed.is_main()), leave=False)):
+        opt.zero_grad(set_to_none=True)  # before the forward pass: last step's gradients do not sit beside its activations
         with autocast(device):
             loss = step_loss(step)
-        opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         distributed.average_gradients(params)
         scaler.step(opt)

@@ -1,4 +1,6 @@
 """06_compare's machinery: the aggregate, the pairwise comparison, the leaderboard, memory and the runner."""
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -59,6 +61,7 @@ def test_leaderboard_has_every_method_with_intervals_and_costs():
 def test_peak_memory_sees_an_allocation_inside_the_block():
     with compare.peak_memory(torch.device("cpu")) as memory:
         block = torch.ones(64 * 2**20 // 4)  # 64 MB
+        time.sleep(0.05)  # held for a few of the sampler's 10 ms ticks: a fit holds its memory far longer
         del block
     assert memory["peak_mb"] > 32
 

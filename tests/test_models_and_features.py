@@ -102,7 +102,10 @@ def test_memory_cache_is_bounded_by_bytes_least_recent_out():
 def test_a_tensor_larger_than_the_budget_is_returned_not_kept(monkeypatch):
     monkeypatch.setattr(features, "_MEMORY", features.memory_cache(budget_mb=0.001))
     big = torch.zeros(10_000)
-    assert features._remember("big", big) is big and "big" not in features._MEMORY
+    assert features._in_memory("big", lambda: big) is big and "big" not in features._MEMORY
+    small = torch.zeros(2)
+    assert features._in_memory("small", lambda: small) is small
+    assert features._in_memory("small", lambda: torch.ones(2)) is small  # a hit does not compute again
 
 
 def test_a_subset_decodes_only_its_own_images(random_clip, monkeypatch):

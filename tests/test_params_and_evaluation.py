@@ -217,3 +217,17 @@ def test_training_loop_runs_and_learns_under_reduced_precision(name):
         losses = training.train([weight], lambda step: ((torch.eye(4) @ weight - target) ** 2).mean(), 30, 0.1,
                                 optimizer="adam", cosine=False, progress=False)
     assert losses[-1] < 0.2 * losses[0]
+
+
+def test_training_loop_frees_last_steps_gradients_before_the_forward_pass():
+    """Gradients and the next step's activations never coexist (the memory a ViT-B fine-tune peaks at)."""
+    from fslib import training
+    weight = torch.nn.Parameter(torch.ones(3))
+    seen = []
+
+    def step_loss(step: int) -> torch.Tensor:
+        seen.append(weight.grad is None)
+        return (weight ** 2).sum()
+
+    training.train([weight], step_loss, 3, 0.1, optimizer="sgd", cosine=False, progress=False)
+    assert seen == [True, True, True] and weight.grad is not None

@@ -42,7 +42,7 @@ from fslib.evaluation import evaluate
 from fslib.features import augment_pixels, preprocess_images
 from fslib.fewshot import base_to_new_sets, few_shot
 from fslib.methods.base import Images, Method
-from fslib.models import Clip, load_clip, prompt_logits_cpu, prompt_tokens
+from fslib.models import Clip, in_text_tower, load_clip, prompt_logits_cpu, prompt_tokens
 from fslib.training import minibatches, train
 
 
@@ -119,7 +119,8 @@ trades a third more time for the activations' memory, for a ViT-B on a small mac
         student.logit_scale.requires_grad_(False)  # CLIP's temperature, frozen (the paper prints none)
         if not self.train_text:  # FrozenTE
             for name, p in student.named_parameters():
-                p.requires_grad_(name.startswith("visual."))
+                if in_text_tower(name):
+                    p.requires_grad_(False)
         teacher, scale, device = self.clip.model, self.clip.logit_scale, self.clip.device
         tokens = prompt_tokens(self.clip, support).to(device)
         with torch.no_grad():
@@ -186,7 +187,7 @@ trades a third more time for the activations' memory, for a ViT-B on a small mac
 
     def trainable_parameters(self) -> int:
         towers = sum(p.numel() for n, p in self.clip.model.named_parameters()
-                     if n != "logit_scale" and (self.train_text or n.startswith("visual.")))
+                     if n != "logit_scale" and (self.train_text or not in_text_tower(n)))
         classifier = len(self.classnames) * self.clip.model.text_projection.shape[1] if self.dva and self.train_classifier else 0
         return towers + classifier
 

@@ -41,7 +41,7 @@ from fslib.evaluation import episode_accuracies
 from fslib.features import preprocess_images
 from fslib.fewshot import Episode, EpisodeSampler, few_shot
 from fslib.methods.base import Images, Method
-from fslib.models import Clip, load_clip, prompt_features, prompt_logits_cpu, prompt_tokens
+from fslib.models import Clip, in_text_tower, load_clip, prompt_features, prompt_logits_cpu, prompt_tokens
 from fslib.progress import tqdm
 from fslib.training import autocast, make_optimizer, minibatches, train
 
@@ -201,7 +201,7 @@ def _start(clip: Clip, strategy: str, seed: int, random_heads: bool, freeze_text
         reset_projections(model, seed)
     if freeze_text:
         for name, p in model.named_parameters():
-            if not name.startswith("visual.") and name != "logit_scale":
+            if in_text_tower(name):
                 p.requires_grad_(False)
     return model
 
