@@ -55,7 +55,7 @@ TOWER_METHODS = ("CoOp", "APEX", "fine-tuning", "CLIP-CITE")
 PARAMETER_EFFICIENT = ("linear probe", "Tip-Adapter", "CLIP-Adapter", "LLU", "CoOp", "APEX")
 # Ladders shared by the protocols: the learning rates of every method that tunes a whole tower, Tip-Adapter's α.
 TOWER_LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
-TIP_ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+TIP_ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,11 @@ def contenders(clip: Clip, epochs: int, steps: int = 300, views: int = 4) -> dic
         "CLIP-Adapter": Contender(lambda r, seed: GlobalResidualAdapter(clip, ratio=r, steps=steps, views=views, seed=seed),
                                   "ratio", (0.05, 0.2, 0.5, 0.8, 0.95), 1, crops),
         "LLU": Contender(lambda k, seed: LLU(clip, kappa=k, steps=steps, views=views, seed=seed), "kappa",
-                         (0.5, 2.0, 10.0, 50.0, 200.0), 1, crops),
+                         (0.1, 0.5, 2.0, 10.0, 50.0, 200.0), 2, crops),
         "CoOp": Contender(lambda lr, seed: make_family(clip, "CoOp", epochs=epochs, lr=lr, seed=seed), "lr",
-                          (0.05, 0.15, 0.5, 1.5, 5.0), 1),
+                          (0.05, 0.15, 0.5, 1.5, 5.0, 15.0, 50.0), 1),
         "APEX": Contender(lambda lr, seed: make_family(clip, "VPT+TA", ensemble=True, epochs=epochs, lr=lr, augment=True, seed=seed),
-                          "lr", (0.015, 0.05, 0.15, 0.5, 1.5, 5.0), 1),
+                          "lr", (0.015, 0.05, 0.15, 0.5, 1.5, 5.0, 15.0), 1),
         "fine-tuning": Contender(lambda lr, seed: make_variant(clip, "fine-tuning", epochs=epochs, lr=lr, seed=seed),
                                  "lr", TOWER_LEARNING_RATES, 1),
         "CLIP-CITE": Contender(lambda lr, seed: make_variant(clip, "CLIP-CITE", epochs=epochs, lr=lr, seed=seed),
