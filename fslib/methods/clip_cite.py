@@ -23,12 +23,10 @@ Table 4's loss subsets, FrozenTC / FrozenTE, plain fine-tuning (``L_DVA`` only, 
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import time
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import pandas as pd
@@ -235,9 +233,7 @@ def main() -> None:
     weights and print base and new accuracy (rank 0), on one process or, under
     ``torchrun --nproc_per_node N -m fslib.methods.clip_cite``, data-parallel on N (one GPU each, or CPU
     processes): each rank encodes its slice of every batch, the losses see the gathered batch."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model", default="fslib-tiny-vit")
-    parser.add_argument("--pretrained", default="embedded")
+    parser = distributed.launch_parser(main.__doc__, "clip_cite.pt")
     parser.add_argument("--dataset", default="shapes_sketch", help="a kit dataset, a torchvision name or an image folder")
     parser.add_argument("--variant", default="CLIP-CITE", choices=list(VARIANTS))
     parser.add_argument("--shots", type=int, default=16)
@@ -245,9 +241,6 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--batch-size", type=int, default=32, help="the global batch, split over the ranks")
     parser.add_argument("--grad-checkpointing", action="store_true")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=Path("clip_cite.pt"))
     args = parser.parse_args()
     _, world = distributed.setup(args.device)
     clip = load_clip(args.model, args.pretrained, distributed.rank_device(args.device))

@@ -21,13 +21,11 @@ while FOMAML starts at zero-shot accuracy; ``random_heads=True`` reproduces that
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -386,9 +384,7 @@ def main() -> None:
     under ``torchrun --nproc_per_node N -m fslib.methods.mamf``, data-parallel on N: the tasks stay in
     order (each one's update starts from the last one's weights), and within a task every batch is split
     over the ranks with its features gathered (:mod:`fslib.distributed`)."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model", default="fslib-tiny-vit")
-    parser.add_argument("--pretrained", default="embedded")
+    parser = distributed.launch_parser(main.__doc__, "mamf.pt")
     parser.add_argument("--dataset", default="textures", help="a kit dataset, a torchvision name or an image folder")
     parser.add_argument("--strategy", default="mamf", choices=STRATEGIES)
     parser.add_argument("--n-way", type=int, default=5)
@@ -396,9 +392,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--batch-size", type=int, default=32, help="the global batch, split over the ranks")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=Path("mamf.pt"))
     args = parser.parse_args()
     _, world = distributed.setup(args.device)
     clip = load_clip(args.model, args.pretrained, distributed.rank_device(args.device))

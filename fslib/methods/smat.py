@@ -37,6 +37,7 @@ cost. ``blocks=None`` keeps the whole tower (the paper's setting, for GPU users)
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ from fslib.evaluation import evaluate
 from fslib.features import memory_cache, pixel_batches, preprocess_images
 from fslib.fewshot import Episode, EpisodeSampler, fixed_test_sample, restrict_classes
 from fslib.methods.base import Images, Method
-from fslib.models import Clip
+from fslib.models import Clip, load_clip
 from fslib.progress import tqdm
 from fslib.training import autocast, grad_scaler, make_optimizer, precision
 
@@ -819,14 +820,7 @@ def sparsity_tradeoff(clip: Clip, bench: Benchmark, points: Sequence[tuple[float
 def main() -> None:
     """Meta-train SMAT's experts on the ID domains' base classes and save them (rank 0), on one process or,
     under ``torchrun --nproc_per_node N -m fslib.methods.smat``, on N (one GPU each, or CPU processes)."""
-    import argparse
-    import json
-    from pathlib import Path
-
-    from fslib.models import load_clip
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model", default="fslib-tiny-vit")
-    parser.add_argument("--pretrained", default="embedded")
+    parser = distributed.launch_parser(main.__doc__, "smat_experts.pt")
     parser.add_argument("--datasets", default="shapes,colors,textures", help="meta-training domains (comma-separated)")
     parser.add_argument("--tasks", type=int, default=500)
     parser.add_argument("--n-way", type=int, default=5)
@@ -836,9 +830,6 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--blocks", default="1", help="blocks of the image tower that carry experts, or 'all'")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=Path("smat_experts.pt"))
     args = parser.parse_args()
     _, world = distributed.setup(args.device)
     clip = load_clip(args.model, args.pretrained, distributed.rank_device(args.device))
