@@ -130,26 +130,26 @@ def average_(tensors: Iterable[torch.Tensor]) -> None:
         tensor.div_(world)
 
 
-def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
-    """Mean of every gradient over ranks (the one-batch split above; a missing gradient counts as zeros)."""
-    if rank_and_world()[1] == 1:
-        return
+def _gradients(params: Iterable[torch.nn.Parameter]) -> list[torch.Tensor]:
+    """Every trainable parameter's gradient, one left unset (a rank whose share did not reach it) set to zeros."""
     params = [p for p in params if p.requires_grad]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    average_([p.grad for p in params])
+    return [p.grad for p in params]
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Mean of every gradient over ranks (the one-batch split above)."""
+    if rank_and_world()[1] > 1:
+        average_(_gradients(params))
 
 
 def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
-    """Sum every parameter's gradient over ranks (a rank whose share left a gradient unset adds zeros)."""
-    if rank_and_world()[1] == 1:
-        return
-    for p in params:
-        if p.requires_grad:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
+    """Sum every parameter's gradient over ranks (the task split above)."""
+    if rank_and_world()[1] > 1:
+        for grad in _gradients(params):
+            dist.all_reduce(grad)
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
