@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fslib-installed
+# notebooks (and test workers) at a time: one per core, each kernel on one thread (see fslib/report.py)
+JOBS ?= $(shell $(PYTHON) -c "import os; print(os.cpu_count() or 1)")
 
 .PHONY: reproduce test lab course install clean
 
@@ -16,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(PY) -m fslib.report
+	$(PY) -m fslib.report --jobs $(JOBS)
 
 # JupyterLab on the notebooks (LAB_PORT=8888 by default; add LAB_ARGS=--no-browser on a remote machine)
 LAB_PORT ?= 8888
@@ -28,7 +30,8 @@ course: $(STAMP)
 	$(PY) -m fslib.course --out course
 
 test: $(STAMP)
-	FSLIB_PROGRESS=text $(PY) -m pytest tests --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
+	OMP_NUM_THREADS=1 FSLIB_PROGRESS=text $(PY) -m pytest -n $(JOBS) --dist loadfile --no-loadscope-reorder \
+		tests --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
 
 clean:
 	rm -rf runs figures course .pytest_cache

@@ -1,10 +1,12 @@
+import json
+
 import matplotlib
 import pandas as pd
 import pytest
 
 from fslib import plots
 from fslib.paths import project_dir
-from fslib.report import print_summary
+from fslib.report import committed_seconds, print_summary
 
 matplotlib.use("Agg")
 
@@ -58,3 +60,10 @@ def test_show_code_reads_the_source_from_fslib():
         show_code(3)
     with pytest.raises(ValueError, match="at least one"):
         show_code()
+
+
+def test_committed_seconds_sums_the_cells_papermill_durations(tmp_path):
+    path = tmp_path / "a.ipynb"
+    path.write_text(json.dumps({"cells": [{"metadata": {"papermill": {"duration": 60}}}, {"metadata": {"papermill": {"duration": None}}},
+                                          {"metadata": {}}, {"metadata": {"papermill": {"duration": 40.5}}}]}))
+    assert committed_seconds(path) == 100.5
