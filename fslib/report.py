@@ -7,7 +7,8 @@ verdict with its estimate and 95% CI, and the held / contradicted / inconclusive
 The notebooks run one per core at a time, each kernel on one thread (``OMP_NUM_THREADS=1``), longest
 first. Why: the tiny CLIP's small matrix products gain only 1.2-1.6x from a second thread, so two
 one-thread kernels side by side finish a 2-core machine's work about 1.35x sooner than one two-thread
-kernel after another (00 and 02-06: 51.5 min one after another alone; 75.7 kernel-min side by side, about 38 per core); and a kernel's numbers no longer depend on how many cores the machine has (a
+kernel after another (00 and 02-06: 51.5 min one after another alone; 75.7 kernel-min side by side,
+about 38 per core). And a kernel's numbers no longer depend on how many cores the machine has (a
 thread count changes the order of float sums), so ``make test`` on any machine reproduces the
 committed outputs. ``make test`` schedules the notebooks the same way (the repository's ``conftest.py``).
 """

@@ -26,4 +26,3 @@ def make_dataset(n_classes: int = 4, per_class: int = 6, seed: int = 0, name: st
     labels = np.repeat(np.arange(n_classes), per_class)
     images = rng.integers(0, 256, size=(len(labels), 64, 64, 3), dtype=np.uint8)
     return ImageDataset(name, "train", [f"class{c}" for c in range(n_classes)], labels, images, ["a photo of a {}."])
-
