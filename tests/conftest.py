@@ -15,6 +15,17 @@ def isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setattr(features, "_MEMORY", features.memory_cache())
 
 
+@pytest.fixture(autouse=True, scope="session")
+def fp32_unless_asked():
+    """Unit tests run in fp32 whatever the CPU and ``make test``'s ``FSLIB_PRECISION=bf16`` (meant for the
+    notebooks), so their tolerances do not depend on bf16; set in the environment before any fixture, so
+    module-wide fixtures and the processes a test starts (torchrun's ranks) run in fp32 too. The tests of
+    reduced precision ask for it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FSLIB_PRECISION", "fp32")
+        yield
+
+
 @pytest.fixture(scope="session")
 def random_clip():
     """The tiny architecture with random weights: fast, and independent of the shipped checkpoint."""

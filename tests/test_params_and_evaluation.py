@@ -198,14 +198,57 @@ def test_wise_ratios_must_hold_the_three_points_read():
         params.wise_ratios("ratios", [0.0, 0.5, 1.0, 1.5])
 
 
-def test_precision_setting_names_the_allowed_values_and_resolves_auto():
+def test_precision_setting_names_the_allowed_values_and_resolves_auto(monkeypatch):
     from fslib import training
+    monkeypatch.delenv("FSLIB_PRECISION")
     with pytest.raises(ValueError, match=r"unknown precision 'fp8'; allowed: auto, fp32, bf16, fp16"):
         training.set_precision("fp8")
-    assert training.precision("cpu") == "fp32" and training.precision("cuda") == "bf16"
+    with training.precision_scope("auto"):
+        assert training.precision("cuda") == "bf16"
+        assert training.precision("cpu") == ("bf16" if training.native_bf16("cpu") else "fp32")
     with training.precision_scope("fp16"):
         assert training.grad_scaler("cpu").is_enabled() and training.precision("cuda") == "fp16"
     assert not training.grad_scaler("cpu").is_enabled()
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
+def test_auto_precision_is_bf16_only_on_a_cpu_that_multiplies_bf16_natively(monkeypatch, avx512_bf16, amx, expected):
+    from fslib import training
+    monkeypatch.delenv("FSLIB_PRECISION")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    with training.precision_scope("auto"):
+        assert training.precision("cpu") == expected
+    with training.precision_scope("fp32"):
+        assert training.precision("cpu") == "fp32"
+
+
+def test_auto_precision_defers_to_the_environment_and_an_explicit_setting_to_nothing(monkeypatch):
+    from fslib import training
+    monkeypatch.setenv("FSLIB_PRECISION", "fp16")
+    with training.precision_scope("auto"):
+        assert training.precision("cpu") == "fp16"
+    with training.precision_scope("bf16"):
+        assert training.precision("cpu") == "bf16"
+    monkeypatch.setenv("FSLIB_PRECISION", "fp8")
+    with training.precision_scope("auto"), pytest.raises(ValueError, match=r"unknown precision 'fp8' \(from FSLIB_PRECISION\)"):
+        training.precision("cpu")
+
+
+def test_bf16_on_a_cpu_runs_attention_on_the_math_backend():
+    """Its flash-attention backward for bf16 is the slow path there (see :func:`fslib.training.autocast`)."""
+    from fslib import training
+
+    def kernels(name: str) -> set[str]:
+        q = torch.randn(2, 4, 9, 8, requires_grad=True)
+        with training.precision_scope(name), torch.profiler.profile() as run:
+            with training.autocast("cpu"):
+                out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+            out.float().sum().backward()
+        return {event.name for event in run.events()}
+
+    assert any("flash" in kernel for kernel in kernels("fp32"))  # torch's default, kept for fp32
+    assert not any("flash" in kernel for kernel in kernels("bf16"))
 
 
 @pytest.mark.parametrize("name", ["bf16", "fp16"])

@@ -38,7 +38,7 @@ from fslib.features import augmented_features
 from fslib.fewshot import base_to_new_sets, few_shot
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, zero_shot_classifier
-from fslib.training import minibatches, train
+from fslib.training import minibatches, precision_scope, train
 
 
 def reduce_centres(points: torch.Tensor, max_centres: int) -> torch.Tensor:
@@ -105,7 +105,10 @@ class _FeatureMethod(Method):
             idx = next(batches)
             return F.cross_entropy(step_logits(features[idx]), labels[idx]) + penalty()
 
-        train(params, step_loss, steps, lr, optimizer="adam", cosine=False, progress=False)
+        # a head on cached features: its products are too small for bf16 to pay, and fp32 keeps it as it
+        # trains beside a GPU run (on the CPU, whatever the tower's precision)
+        with precision_scope("fp32"):
+            train(params, step_loss, steps, lr, optimizer="adam", cosine=False, progress=False)
 
 
 class LLU(_FeatureMethod):
