@@ -112,7 +112,7 @@ def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
 
     Under bf16 on a CPU, attention runs on torch's math backend: its fused flash-attention backward for bf16
     is 3.6x slower than for fp32 there (measured on the tiny CLIP's 65-token ViT), which ate most of bf16's
-    gain when training; with the math backend a forward + backward step runs 1.8x faster than in fp32."""
+    gain when training; with the math backend a forward + backward step runs 1.75x faster than in fp32."""
     name = precision(device)
     if name == "fp32":
         return contextlib.nullcontext()
