@@ -120,7 +120,30 @@ def load_clip(model: str = EMBEDDED_MODEL, pretrained: str = EMBEDDED_PRETRAINED
     except RuntimeError as err:
         raise RuntimeError(f"could not load weights {pretrained!r} for {model!r} (no internet, or a bad file?): {err}") from err
     net.eval()
+    relayout_attention_inputs(net)
     return Clip(net, preprocess, open_clip.get_tokenizer(model), model, pretrained, torch.device(device))
+
+
+def relayout_attention_inputs(model: torch.nn.Module) -> None:
+    """Hand every batch-first self-attention of ``model`` its tokens in sequence-first memory (CPU only).
+
+    Why: ``nn.MultiheadAttention(batch_first=True)`` transposes its (B, T, W) input to a (T, B, W) *view*;
+    its packed q/k/v projection cannot fold that view into one matrix product, so torch runs a batched
+    product against the weight expanded over the T positions, which on a CPU in bf16 copies a T x W x 3W
+    tensor on every call: 1.7x slower encoding of the tiny CLIP at batch 16. Storing the tokens sequence-
+    first makes the transpose contiguous. Same values, same module, same weights; only the strides change.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.MultiheadAttention) and module.batch_first:
+            module.register_forward_pre_hook(_sequence_first_tokens, with_kwargs=True)
+
+
+def _sequence_first_tokens(attn: torch.nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    query = args[0] if args else kwargs.get("query")
+    if len(args) < 3 or not (query is args[1] is args[2]) or query.dim() != 3 or query.device.type != "cpu":
+        return None  # cross-attention, keywords or a GPU: leave the call as it is
+    tokens = query.transpose(0, 1).contiguous().transpose(0, 1)
+    return (tokens, tokens, tokens, *args[3:]), kwargs
 
 
 def zero_shot_classifier(clip: Clip, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:

@@ -1,9 +1,11 @@
+import open_clip
 import pytest
 import torch
 
 from fslib import features
 from fslib.features import cache_dir, encode_images, feature_key
 from fslib.models import EMBEDDED_MODEL, load_clip, zero_shot_classifier
+from fslib.training import frozen
 from tests.conftest import make_dataset
 
 
@@ -170,3 +172,21 @@ def test_scoring_a_tower_honours_the_precision_and_takes_the_cosines_in_fp32(ran
         reduced = prompt_logits_cpu(random_clip.model, pixels, tokens)
     assert reduced.dtype == torch.float32 and not torch.equal(full, reduced)  # the towers ran in bf16
     torch.testing.assert_close(reduced, full, atol=0.05 * random_clip.logit_scale, rtol=0)
+
+
+def test_attention_inputs_are_relaid_sequence_first_without_changing_a_value(random_clip):
+    plain = open_clip.create_model(EMBEDDED_MODEL)
+    plain.load_state_dict(random_clip.model.state_dict())
+    plain.eval()
+    images, tokens = torch.randn(4, 3, 64, 64), random_clip.tokenizer(["a red square", "two blue circles"])
+    with torch.no_grad():
+        assert torch.equal(random_clip.model.encode_image(images), plain.encode_image(images))
+        assert torch.equal(random_clip.model.encode_text(tokens), plain.encode_text(tokens))
+    # the point of it: the packed q/k/v projection folds into one matrix product instead of a batched
+    # product against the weight expanded over the 65 token positions. That happens to frozen weights
+    # under autograd (prompt learning); trainable weights fold anyway, and without autograd torch may take
+    # its fused inference path
+    with frozen(random_clip.model), torch.profiler.profile(record_shapes=True) as prof:
+        random_clip.model.encode_image(images.requires_grad_())
+    batched = [e.input_shapes for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::bmm"]
+    assert not any(shapes and len(shapes[0]) == 3 and shapes[0][0] == 65 for shapes in batched), batched
