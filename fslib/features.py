@@ -69,8 +69,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FSLIB_CACHE", Path.home() / ".cache" / "fslib")) / "features"
 
 
+# Bumped whenever the way fslib runs a tower changes the features it computes (even in the last bf16 bit),
+# so a cache written before misses. 2: attention inputs relaid sequence-first (models.relayout_attention_inputs).
+ENCODER_REVISION = 2
+
+
 def feature_key(clip: Clip, dataset: ImageDataset) -> str:
-    parts = [clip.weights_fingerprint(), clip.name, dataset.fingerprint(), repr(clip.preprocess)]
+    parts = [clip.weights_fingerprint(), clip.name, dataset.fingerprint(), repr(clip.preprocess), ENCODER_REVISION]
     if precision(clip.device) != "fp32":  # reduced-precision features are other features
         parts.append(precision(clip.device))
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()

@@ -56,9 +56,12 @@ def test_feature_cache_miss_then_hit(random_clip):
     assert not list(cache_dir().glob("*.tmp")), "atomic write left a temporary file"
 
 
-def test_feature_key_changes_with_weights_and_data(random_clip):
+def test_feature_key_changes_with_weights_data_and_encoder_revision(random_clip, monkeypatch):
     dataset = make_dataset()
     key = feature_key(random_clip, dataset)
+    monkeypatch.setattr(features, "ENCODER_REVISION", features.ENCODER_REVISION + 1)
+    assert feature_key(random_clip, dataset) != key
+    monkeypatch.undo()
     assert feature_key(random_clip, make_dataset(seed=1)) != key
     assert feature_key(random_clip, dataset.subset([0, 1, 2])) != key
     other = load_clip(EMBEDDED_MODEL, "none")
