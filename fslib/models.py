@@ -128,10 +128,11 @@ def relayout_attention_inputs(model: torch.nn.Module) -> None:
     """Hand every batch-first self-attention of ``model`` its tokens in sequence-first memory (CPU only).
 
     Why: ``nn.MultiheadAttention(batch_first=True)`` transposes its (B, T, W) input to a (T, B, W) *view*;
-    its packed q/k/v projection cannot fold that view into one matrix product, so torch runs a batched
-    product against the weight expanded over the T positions, which on a CPU in bf16 copies a T x W x 3W
-    tensor on every call: 1.7x slower encoding of the tiny CLIP at batch 16. Storing the tokens sequence-
-    first makes the transpose contiguous. Same values, same module, same weights; only the strides change.
+    with frozen weights its packed q/k/v projection cannot fold that view into one matrix product (trainable
+    weights fold through a copy of the input), so torch runs a batched product against the weight expanded
+    over the T positions, which on a CPU in bf16 copies a T x W x 3W tensor on every call: 1.7x slower
+    encoding of the tiny CLIP at batch 16. Storing the tokens sequence-first makes the transpose contiguous.
+    Same values, same module, same weights; only the strides change (fp32 outputs are bit-identical).
     """
     for module in model.modules():
         if isinstance(module, torch.nn.MultiheadAttention) and module.batch_first:
@@ -139,10 +140,9 @@ def relayout_attention_inputs(model: torch.nn.Module) -> None:
 
 
 def _sequence_first_tokens(attn: torch.nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    query = args[0] if args else kwargs.get("query")
-    if len(args) < 3 or not (query is args[1] is args[2]) or query.dim() != 3 or query.device.type != "cpu":
-        return None  # cross-attention, keywords or a GPU: leave the call as it is
-    tokens = query.transpose(0, 1).contiguous().transpose(0, 1)
+    if len(args) < 3 or not (args[0] is args[1] is args[2]) or args[0].dim() != 3 or args[0].device.type != "cpu":
+        return None  # cross-attention, keyword arguments, unbatched input or a GPU: leave the call as it is
+    tokens = args[0].transpose(0, 1).contiguous().transpose(0, 1)
     return (tokens, tokens, tokens, *args[3:]), kwargs
 
 
