@@ -59,9 +59,9 @@ def test_feature_cache_miss_then_hit(random_clip):
 def test_feature_key_changes_with_weights_data_and_encoder_revision(random_clip, monkeypatch):
     dataset = make_dataset()
     key = feature_key(random_clip, dataset)
-    monkeypatch.setattr(features, "ENCODER_REVISION", features.ENCODER_REVISION + 1)
-    assert feature_key(random_clip, dataset) != key
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(features, "ENCODER_REVISION", features.ENCODER_REVISION + 1)
+        assert feature_key(random_clip, dataset) != key
     assert feature_key(random_clip, make_dataset(seed=1)) != key
     assert feature_key(random_clip, dataset.subset([0, 1, 2])) != key
     other = load_clip(EMBEDDED_MODEL, "none")
@@ -185,11 +185,14 @@ def test_attention_inputs_are_relaid_sequence_first_without_changing_a_value(ran
     with torch.no_grad():
         assert torch.equal(random_clip.model.encode_image(images), plain.encode_image(images))
         assert torch.equal(random_clip.model.encode_text(tokens), plain.encode_text(tokens))
-    # the point of it: the packed q/k/v projection folds into one matrix product instead of a batched
-    # product against the weight expanded over the 65 token positions. That happens to frozen weights
-    # under autograd (prompt learning); trainable weights fold anyway, and without autograd torch may take
-    # its fused inference path
-    with frozen(random_clip.model), torch.profiler.profile(record_shapes=True) as prof:
-        random_clip.model.encode_image(images.requires_grad_())
+    # the path the relayout changes: frozen weights under autograd (prompt learning); trainable weights
+    # fold anyway, and without autograd torch may take its fused inference path. There the packed q/k/v
+    # projection must fold into one matrix product, not a batched product against the weight expanded
+    # over the 65 token positions, and still give the same values
+    images.requires_grad_()
+    with frozen(random_clip.model), frozen(plain):
+        assert torch.equal(random_clip.model.encode_image(images), plain.encode_image(images))
+        with torch.profiler.profile(record_shapes=True) as prof:
+            random_clip.model.encode_image(images)
     batched = [e.input_shapes for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::bmm"]
     assert not any(shapes and len(shapes[0]) == 3 and shapes[0][0] == 65 for shapes in batched), batched
