@@ -35,6 +35,7 @@ import psutil
 import torch
 from scipy import stats
 
+from fslib import parallel
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import evaluate, harmonic_mean, mean_ci
 from fslib.features import augmented_features, encode_images
@@ -321,31 +322,43 @@ def run(clip: Clip, candidates: dict[str, Contender], chosen: dict[str, object],
     Every dataset's frozen features (and what each contender's ``prepare`` caches) are encoded before the
     fits are timed; ``fit_seconds`` is the method's
     own measure where it keeps one (training only, as in :func:`fslib.evaluation.base_to_new`), else the
-    wall time of ``fit``. Returns rows ``protocol, dataset, shots, seed, method, part, accuracy,
-    fit_seconds, peak_mb, trainable``.
+    wall time of ``fit``. The tasks are independent units of :func:`fslib.parallel.map_units` (every fit
+    sets its own seeds); each (method, seed) is made once here first, so what a method builds once per seed
+    (a meta-training run, :class:`MetaTrained`) is built in this process and shared with the workers. Returns
+    rows ``protocol, dataset, shots, seed, method, part, accuracy, fit_seconds, peak_mb, trainable``.
     """
-    rows = []
-    for task in tqdm(list(tasks), desc="tasks", disable=not progress):
-        for dataset in (task.support, *task.tests.values()):  # encoded once, before any fit is timed
-            encode_images(clip, dataset, progress=False)
-        for contender in candidates.values():
-            if contender.prepare:
-                contender.prepare(task.support, task.seed)
+    tasks = list(tasks)
+    for seed in sorted({task.seed for task in tasks}):
         for label, contender in candidates.items():
-            method = contender.make(chosen[label], task.seed)
-            with peak_memory(clip.device) as memory:
-                start = time.perf_counter()
-                method.fit(task.support)
-                seconds = time.perf_counter() - start if method.fit_seconds is None else method.fit_seconds
-            for part, test in task.tests.items():
-                try:
-                    score = evaluate(method, test, test.classnames)
-                except ValueError:
-                    score = float("nan")
-                rows.append({"protocol": task.protocol, "dataset": task.dataset, "shots": task.shots, "seed": task.seed,
-                             "method": label, "part": part, "accuracy": score, "fit_seconds": seconds,
-                             "peak_mb": memory["peak_mb"], "trainable": method.trainable_parameters()})
-    return pd.DataFrame(rows)
+            contender.make(chosen[label], seed)
+    fitted = parallel.map_units(lambda task: _fit_and_score(clip, candidates, chosen, task), tasks, desc="tasks",
+                                progress=progress)
+    return pd.DataFrame([row for rows in fitted for row in rows])
+
+
+def _fit_and_score(clip: Clip, candidates: dict[str, Contender], chosen: dict[str, object], task: Task) -> list[dict]:
+    """:func:`run`'s unit: every contender fitted on one task's support set and scored on its test sets."""
+    for dataset in (task.support, *task.tests.values()):  # encoded once, before any fit is timed
+        encode_images(clip, dataset, progress=False)
+    for contender in candidates.values():
+        if contender.prepare:
+            contender.prepare(task.support, task.seed)
+    rows = []
+    for label, contender in candidates.items():
+        method = contender.make(chosen[label], task.seed)
+        with peak_memory(clip.device) as memory:
+            start = time.perf_counter()
+            method.fit(task.support)
+            seconds = time.perf_counter() - start if method.fit_seconds is None else method.fit_seconds
+        for part, test in task.tests.items():
+            try:
+                score = evaluate(method, test, test.classnames)
+            except ValueError:
+                score = float("nan")
+            rows.append({"protocol": task.protocol, "dataset": task.dataset, "shots": task.shots, "seed": task.seed,
+                         "method": label, "part": part, "accuracy": score, "fit_seconds": seconds,
+                         "peak_mb": memory["peak_mb"], "trainable": method.trainable_parameters()})
+    return rows
 
 
 def scores(results: pd.DataFrame) -> pd.DataFrame:

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from fslib import parallel
 from fslib.data import load_dataset
 from fslib.fewshot import base_to_new_sets, few_shot, fixed_test_sample
 from fslib.progress import tqdm
@@ -63,15 +64,21 @@ def episode_accuracies(make_method, episodes, progress: bool = True) -> list[flo
 def few_shot_sweep(make_method, train, test, shots: Sequence[int], seeds: Sequence[int], progress: bool = True):
     """Fit ``make_method(seed)`` on ``shots``-per-class subsets of ``train`` drawn with ``seed``, for each
     seed; score ``test``. The seed reaches the sample and the method (initialisation, minibatch order).
+    Each shot count is a unit of :func:`fslib.parallel.map_units`, its seeds in order (a
+    :class:`~fslib.methods.base.TunedOnValidation` memo searches on the first seed and reuses its choice).
 
     Returns a DataFrame with one row per (shots, seed): ``dataset, method, shots, seed, accuracy``.
     """
-    rows = []
-    for k, seed in tqdm([(k, s) for k in shots for s in seeds], desc=f"{train.name}", disable=not progress, leave=False):
-        method = make_method(seed).fit(few_shot(train, k, seed))
-        rows.append({"dataset": train.name, "method": method.name, "shots": k, "seed": seed,
-                     "accuracy": evaluate(method, test)})
-    return pd.DataFrame(rows)
+    def fit_seeds(k: int) -> list[dict]:
+        rows = []
+        for seed in seeds:
+            method = make_method(seed).fit(few_shot(train, k, seed))
+            rows.append({"dataset": train.name, "method": method.name, "shots": k, "seed": seed,
+                         "accuracy": evaluate(method, test)})
+        return rows
+
+    by_shots = parallel.map_units(fit_seeds, list(shots), desc=train.name, progress=progress)
+    return pd.DataFrame([row for rows in by_shots for row in rows])
 
 
 def select_on_validation(make_method, candidates: Sequence, train, val) -> tuple[object, "pd.DataFrame"]:
@@ -117,27 +124,35 @@ def base_to_new(factories: dict, datasets: Sequence[str], shots: int, seeds: Seq
     in turn to each of several test-time settings, yielding each one's columns (a WiSE-FT ratio): one fit
     is then scored once per setting. Returns rows ``dataset, seed, method, part, accuracy, fit_seconds, trainable``
     (the method's own ``fit_seconds`` where it measures one, else the wall time of ``fit``; ``trainable``
-    parameters), plus the variations' columns.
+    parameters), plus the variations' columns. Each (dataset, method) is a unit of
+    :func:`fslib.parallel.map_units`, its seeds in order (a :class:`~fslib.methods.base.TunedOnValidation`
+    memo searches on the first seed and reuses its choice); the rows come back in the loops' order.
     """
-    rows = []
-    for name in tqdm(datasets, desc="datasets", disable=not progress):
-        base_train, base_test, new_test = base_to_new_sets(load_dataset(name, "train"),
-                                                           fixed_test_sample(load_dataset(name, "test"), test_per_class))
+    splits = {name: base_to_new_sets(load_dataset(name, "train"), fixed_test_sample(load_dataset(name, "test"), test_per_class))
+              for name in datasets}
+
+    def fit_seeds(unit: tuple[str, str]) -> dict[int, list[dict]]:
+        name, label = unit
+        base_train, base_test, new_test = splits[name]
+        rows = {}
         for seed in seeds:
-            support = few_shot(base_train, shots, seed)
-            for label, make in factories.items():
-                start = time.perf_counter()
-                method = make(seed).fit(support)
-                seconds = time.perf_counter() - start if method.fit_seconds is None else method.fit_seconds
-                for setting in (variations(method) if variations else [{}]):
-                    try:
-                        new = evaluate(method, new_test, new_test.classnames)
-                    except ValueError:
-                        new = float("nan")
-                    for part, acc in (("base", evaluate(method, base_test)), ("new", new)):
-                        rows.append({"dataset": name, "seed": seed, "method": label, "part": part, "accuracy": acc,
-                                     "fit_seconds": seconds, "trainable": method.trainable_parameters(), **setting})
-    return pd.DataFrame(rows)
+            start = time.perf_counter()
+            method = factories[label](seed).fit(few_shot(base_train, shots, seed))
+            seconds = time.perf_counter() - start if method.fit_seconds is None else method.fit_seconds
+            rows[seed] = []
+            for setting in (variations(method) if variations else [{}]):
+                try:
+                    new = evaluate(method, new_test, new_test.classnames)
+                except ValueError:
+                    new = float("nan")
+                for part, acc in (("base", evaluate(method, base_test)), ("new", new)):
+                    rows[seed].append({"dataset": name, "seed": seed, "method": label, "part": part, "accuracy": acc,
+                                       "fit_seconds": seconds, "trainable": method.trainable_parameters(), **setting})
+        return rows
+
+    units = [(name, label) for name in datasets for label in factories]
+    done = dict(zip(units, parallel.map_units(fit_seeds, units, desc="datasets x methods", progress=progress)))
+    return pd.DataFrame([row for name in datasets for seed in seeds for label in factories for row in done[(name, label)][seed]])
 
 
 def harmonic_mean_table(results):

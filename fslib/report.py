@@ -51,6 +51,7 @@ def run_notebooks(notebooks: list[Path], out_dir: Path, jobs: int = 1) -> list[d
     one row per notebook, in the order given."""
     os.environ.setdefault("FSLIB_PROGRESS", "text")  # saved notebooks keep no frozen "0%" widget bars (fslib.progress)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by every kernel; see the module docstring
+    os.environ.setdefault("FSLIB_PROCESSES", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))  # fslib.parallel
     queue = sorted(notebooks, key=committed_seconds, reverse=True)
     with ProcessPoolExecutor(max(1, min(jobs, len(queue)))) as pool:
         rows = {row["notebook"]: row for row in pool.map(_run_one, queue, repeat(out_dir))}

@@ -81,6 +81,33 @@ def test_run_fits_every_contender_once_per_task_and_marks_what_it_cannot_score(r
     assert (results.fit_seconds >= 0).all() and results.peak_mb.notna().all()
 
 
+def test_tasks_in_forked_processes_equal_one_process(random_clip, monkeypatch):
+    """run() hands its tasks to fslib.parallel: two one-thread processes give one process's accuracies, and a
+    meta-training behind ``make`` runs once per seed, in this process, before the fits fan out."""
+    from fslib.methods.llu import LLU
+
+    train, test = make_dataset(4, 6, seed=0), make_dataset(4, 3, seed=1)
+    base_train, base_test, new_test = base_to_new_sets(train, test)
+    meta = compare.MetaTrained(lambda value, seed: seed * 10, key=lambda value: None)
+    contenders = {"zero-shot": compare.Contender(lambda v, seed: ZeroShot(random_clip), "none", (None,)),
+                  "LLU": compare.Contender(lambda k, seed: LLU(random_clip, kappa=k + 0 * meta(k, seed), steps=5, views=2,
+                                                                  seed=seed), "kappa", (10.0,))}
+    tasks = [compare.Task("base-to-new", "toy", 2, seed, few_shot(base_train, 2, seed), {"base": base_test, "new": new_test})
+             for seed in (1, 2, 3)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = {}
+        for processes in ("1", "2"):
+            monkeypatch.setenv("FSLIB_PROCESSES", processes)
+            runs[processes] = compare.run(random_clip, contenders, {"zero-shot": None, "LLU": 10.0}, tasks, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    columns = ["protocol", "dataset", "shots", "seed", "method", "part", "accuracy", "trainable"]
+    pd.testing.assert_frame_equal(runs["1"][columns], runs["2"][columns])
+    assert sorted(meta.runs) == [(None, 1), (None, 2), (None, 3)]  # made here, once per seed
+
+
 def test_search_ladder_climbs_past_an_edge_until_the_best_is_inside():
     ladder = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
     peak_at = lambda top: (lambda v: -abs(np.log10(v) - np.log10(top)))  # a single peak at ``top``

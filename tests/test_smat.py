@@ -1,12 +1,13 @@
 import math
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fslib.features import preprocess_images
 from fslib.fewshot import EpisodeSampler
-from fslib.methods.smat import (SMAT, ExpertRegion, SparseInterpolatedExperts, hard_concrete, make_benchmark, meta_train,
+from fslib.methods.smat import (SMAT, ExpertRegion, SparseInterpolatedExperts, hard_concrete, is_open, make_benchmark, meta_train,
                                 novel_class_split, task_tensors)
 from tests.conftest import make_dataset
 
@@ -23,6 +24,13 @@ def test_hard_concrete_is_deterministic_and_stretched():
     # (σ(-3) · 1.2 - 0.1 < 0) but still open at test (σ(-2) · 1.2 - 0.1 > 0)
     assert torch.equal(hard_concrete(log_alpha, True), hard_concrete(log_alpha, True))
     assert hard_concrete(torch.tensor(-2.0), True) == 0 and hard_concrete(torch.tensor(-2.0), False) > 0
+
+
+def test_is_open_is_where_the_test_time_gate_is_nonzero():
+    log_alpha = torch.linspace(-6, 6, 10001)
+    log_alpha = log_alpha[(log_alpha - math.log(1 / 11)).abs() > 1e-5]  # float rounding aside, at the threshold itself
+    assert torch.equal(is_open(log_alpha), hard_concrete(log_alpha, False) > 0)
+    assert is_open(torch.tensor(-2.39)) and not is_open(torch.tensor(-2.40))  # -ln 11 = -2.3979
 
 
 @pytest.mark.parametrize("blocks", [None, 1, 2])
@@ -162,3 +170,34 @@ def test_two_gloo_processes_meta_train_like_one(tmp_path):
     for name, value in single.state_dict().items():
         assert torch.equal(ranks[0][name], ranks[1][name]), f"{name} differs between ranks"
         torch.testing.assert_close(ranks[0][name], value.detach(), rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_variants_in_forked_processes_equal_one_process(random_clip, monkeypatch):
+    """compare_variants and sparsity_tradeoff hand (seed, variant) units to fslib.parallel: two one-thread
+    processes give exactly the numbers, densities and chosen LRs of one process on one thread."""
+    from fslib.methods.smat import compare_variants, sparsity_tradeoff
+
+    benches = {seed: make_benchmark(["shapes"], ["counting"], n_way=3, shots=1, queries=2, train_tasks=4, test_tasks=2,
+                                    val_tasks=1, novel=5, seed=seed, test_per_class=6) for seed in (1, 2)}
+    options = dict(finetune_steps=1, finetune_lrs=(0.0, 1e-3), meta_batch=2, curve_every=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = {}
+        for processes in ("1", "2"):
+            monkeypatch.setenv("FSLIB_PROCESSES", processes)
+            variants = compare_variants(random_clip, benches, 0.5, 2, **options)
+            tradeoff = sparsity_tradeoff(random_clip, benches, [(0.5, 2), (0.8, 1)], meta_batch=2,
+                                         already_trained={(s, 0.5, 2): run.experts["SMAT"] for s, run in variants.items()})
+            runs[processes] = variants, tradeoff
+    finally:
+        torch.set_num_threads(threads)
+    (one, one_tradeoff), (two, two_tradeoff) = runs["1"], runs["2"]
+    pd.testing.assert_frame_equal(one_tradeoff, two_tradeoff)
+    for seed in benches:
+        pd.testing.assert_frame_equal(one[seed].results, two[seed].results)
+        pd.testing.assert_frame_equal(one[seed].curves, two[seed].curves)
+        assert one[seed].finetune_lr == two[seed].finetune_lr
+        assert two[seed].experts["SMAT"].clip is random_clip  # came back pointing at this process's model
+        for label, experts in one[seed].experts.items():
+            assert torch.equal(experts.density(merged=True), two[seed].experts[label].density(merged=True)), label

@@ -34,13 +34,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import precision_score
 
+from fslib import parallel
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import accuracy, cross_dataset, summarise
 from fslib.features import augment_pixels, encode_images, preprocess_images
 from fslib.fewshot import base_to_new_sets, few_shot, fixed_test_sample
 from fslib.methods.base import Images, Method
 from fslib.models import Clip, zero_shot_classifier
-from fslib.progress import tqdm
 from fslib.training import autocast, frozen, minibatches, train
 
 APEX_TEMPLATE = "a photo of a {}."
@@ -330,31 +330,38 @@ def base_to_new(clip: Clip, datasets: Sequence[str], shots: int, seeds: Sequence
     the new classes' distances to the base classes with their α. ``test_per_class`` scores the methods on
     a fixed sample of the test split.
 
-    Returns ``(results, sweeps, difficulty, distances)`` DataFrames.
+    Each (dataset, seed, family) is a unit of :func:`fslib.parallel.map_units`. Returns ``(results, sweeps,
+    difficulty, distances)`` DataFrames.
     """
-    results, sweeps, difficulty, distances = [], [], [], []
-    for name in tqdm(datasets, desc="datasets", disable=not progress):
+    difficulty, distances, prepared = [], [], {}
+    for name in datasets:
         train, test = load_dataset(name, "train"), load_dataset(name, "test")
         difficulty.append(zero_shot_difficulty(clip, test))
         base_train, base_test, new_test = base_to_new_sets(train, fixed_test_sample(test, test_per_class))
         distances.append(distance_table(clip, base_train.classnames, new_test.classnames).assign(dataset=name))
         parts = {"base": base_test, "new": new_test}
         zero = make_family(clip, "zero-shot")
-        clean = {part: zero.image_features_clean(test_part) for part, test_part in parts.items()}
-        for seed in seeds:
-            support = few_shot(base_train, shots, seed)
-            for family in FAMILIES:
-                method = make_family(clip, family, epochs=epochs, lr=lr, augment=augment, seed=seed).fit(support)
-                for part, test_part in parts.items():
-                    features = method.image_features_pair(test_part, clean[part])  # one image pass per part
-                    for label in [family] + (list(ENSEMBLES) if family == "VPT+TA" else []):
-                        method.ensemble, method.ensemble_modality = label in ENSEMBLES, ENSEMBLES.get(label, "both")
-                        acc = accuracy(method.logits_from_features(*features, test_part.classnames), test_part.labels)
-                        results.append({"dataset": name, "seed": seed, "method": label, "part": part, "accuracy": acc})
-                        if label == "APEX" and part == "new":
-                            sweeps += [{"dataset": name, "seed": seed, **row}
-                                       for row in _ensemble_sweep(method, features, test_part, betas, alphas)]
-    return pd.DataFrame(results), pd.DataFrame(sweeps), pd.DataFrame(difficulty), pd.concat(distances, ignore_index=True)
+        prepared[name] = base_train, parts, {part: zero.image_features_clean(test_part) for part, test_part in parts.items()}
+
+    def fit_family(unit: tuple[str, int, str]) -> tuple[list[dict], list[dict]]:
+        name, seed, family = unit
+        base_train, parts, clean = prepared[name]
+        method = make_family(clip, family, epochs=epochs, lr=lr, augment=augment, seed=seed).fit(few_shot(base_train, shots, seed))
+        results, sweeps = [], []
+        for part, test_part in parts.items():
+            features = method.image_features_pair(test_part, clean[part])  # one image pass per part
+            for label in [family] + (list(ENSEMBLES) if family == "VPT+TA" else []):
+                method.ensemble, method.ensemble_modality = label in ENSEMBLES, ENSEMBLES.get(label, "both")
+                acc = accuracy(method.logits_from_features(*features, test_part.classnames), test_part.labels)
+                results.append({"dataset": name, "seed": seed, "method": label, "part": part, "accuracy": acc})
+                if label == "APEX" and part == "new":
+                    sweeps += [{"dataset": name, "seed": seed, **row} for row in _ensemble_sweep(method, features, test_part, betas, alphas)]
+        return results, sweeps
+
+    units = [(name, seed, family) for name in datasets for seed in seeds for family in FAMILIES]
+    done = parallel.map_units(fit_family, units, desc="datasets x seeds x families", progress=progress)
+    return (pd.DataFrame([row for results, _ in done for row in results]), pd.DataFrame([row for _, sweeps in done for row in sweeps]),
+            pd.DataFrame(difficulty), pd.concat(distances, ignore_index=True))
 
 
 def domain_generalisation(clip: Clip, source: str, targets: Sequence[str], shots: int, seeds: Sequence[int],

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from fslib import distributed
+from fslib import distributed, parallel
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import episode_accuracies
 from fslib.features import preprocess_images
@@ -345,15 +345,17 @@ def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int
     draw ``shots`` support and ``queries`` query images per class from ``split`` ("val" to choose
     settings, "test" to report): held-out images of the same classes, as in the official code (notes §4).
     Returns one row per (dataset, n_way, seed, method, lr, adapt_epochs, task) with the accuracy and the
-    arm's meta-training ``steps`` and ``images``.
+    arm's meta-training ``steps`` and ``images``. Each (dataset, seed) is a unit of
+    :func:`fslib.parallel.map_units`.
     """
     unknown = sorted(set(settings) - set(ARMS))
     if unknown:
         raise ValueError(f"unknown arms {unknown}; allowed: {', '.join(ARMS)}")
-    rows = []
-    for name, seed in tqdm([(d, s) for d in datasets for s in seeds], desc=f"{split}: datasets x seeds", disable=not progress):
+    def dataset_and_seed(unit: tuple[str, int]) -> list[dict]:
+        name, seed = unit
         train_set, eval_set = few_shot(load_dataset(name, "train"), train_per_class, seed), load_dataset(name, split)
         trained: dict[tuple, tuple[Clip, Budget]] = {}
+        rows = []
         for n in n_ways:
             sampler = EpisodeSampler([eval_set], n, shots, queries, seed=seed)
             episodes = [sampler.sample() for _ in range(tasks)]
@@ -368,7 +370,11 @@ def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int
                 accs = episode_accuracies(lambda: PromptFineTune(start, adapt_epochs, lr, seed=seed), episodes, progress=False)
                 rows += [{"dataset": name, "n_way": n, "seed": seed, "method": method, "lr": lr, "adapt_epochs": adapt_epochs,
                           "steps": budget.steps, "images": budget.images, "task": t, "accuracy": a} for t, a in enumerate(accs)]
-    return pd.DataFrame(rows)
+        return rows
+
+    units = [(name, seed) for name in datasets for seed in seeds]
+    done = parallel.map_units(dataset_and_seed, units, desc=f"{split}: datasets x seeds", progress=progress)
+    return pd.DataFrame([row for rows in done for row in rows])
 
 
 def choose_settings(validation: pd.DataFrame) -> dict[str, tuple[float, int]]:

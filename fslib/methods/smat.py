@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.utils.parametrizations import spectral_norm
 
-from fslib import distributed
+from fslib import distributed, parallel
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import evaluate
 from fslib.features import memory_cache, pixel_batches, preprocess_images
@@ -67,6 +67,7 @@ FINETUNE_MODES = ("none", "full", "lora")
 COSINE_SCALE = 10.0  # PMF / SMAT's cosine classifier scale
 BETA, ZETA, GAMMA = 2 / 3, 1.1, -0.1  # hard-concrete constants (Louizos et al., 2018)
 LOG_ALPHA_RANGE = (math.log(0.01), math.log(100))  # the official clamp
+OPEN_LOG_ALPHA = math.log(-GAMMA / ZETA)  # an entry is open at test above this logit (see is_open)
 
 
 def hard_concrete(log_alpha: torch.Tensor, training: bool) -> torch.Tensor:
@@ -74,6 +75,12 @@ def hard_concrete(log_alpha: torch.Tensor, training: bool) -> torch.Tensor:
     near-deterministic sample, u = 0.5) and ``σ(log α)`` at test, then ``clamp(s (ζ - γ) + γ, 0, 1)``."""
     s = torch.sigmoid(log_alpha / BETA) if training else torch.sigmoid(log_alpha)
     return (s * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
+
+
+def is_open(log_alpha: torch.Tensor) -> torch.Tensor:
+    """Where the test-time gate is non-zero, ``hard_concrete(log α, False) > 0``, without the sigmoid:
+    σ(log α)(ζ - γ) + γ > 0 exactly when log α > log(-γ/ζ) = -ln 11 ≈ -2.398 (the constraint counts these)."""
+    return log_alpha > OPEN_LOG_ALPHA
 
 
 def expected_density(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -319,6 +326,14 @@ class SparseInterpolatedExperts(nn.Module):
         self.tasks_seen, self.total_tasks, self.seconds = 0, 1, 0.0
         self.history: list[dict] = []
         self.losses: list[float] = []  # the meta-training loss of every update (summed over ranks)
+        self._init_args = (masks, num_experts, sparsity, seed, blocks, density)
+
+    def __reduce__(self):
+        """Pickled as its constructor's arguments and its ``state_dict`` (a module with a spectral-norm
+        parametrisation pickles no other way): how trained experts come back from :mod:`fslib.parallel`'s workers."""
+        record = {"tasks_seen": self.tasks_seen, "total_tasks": self.total_tasks, "seconds": self.seconds,
+                  "history": self.history, "losses": self.losses}
+        return _rebuild_experts, (self.clip, self.region, self._init_args, self.state_dict(), record, self.training)
 
     @property
     def routed(self) -> bool:
@@ -371,7 +386,7 @@ class SparseInterpolatedExperts(nn.Module):
         with torch.no_grad():
             if self.mode in ("none", "dense"):
                 return torch.ones(1)
-            open_ = self.masks(training=False) > 0
+            open_ = is_open(self.log_alpha) if self.mode == "learned" else self.fixed_masks > 0
             return (open_.any(-1) if merged else open_).float().mean(0).cpu()
 
     def expected_density(self) -> torch.Tensor:
@@ -458,16 +473,25 @@ class SparseInterpolatedExperts(nn.Module):
         after = self.density()
         overshot = torch.nonzero((before_density >= target) & (after < target - tolerance)).flatten().tolist()
         for m in overshot:
-            old, step = before[:, m], self.log_alpha[:, m] - before[:, m]
+            old = before[:, m].contiguous()  # a column of the (N, M) table: made contiguous once, not per probe
+            step = self.log_alpha[:, m] - old
             keep, drop = 0.0, 1.0
             for _ in range(12):
                 t = (keep + drop) / 2
-                if (hard_concrete(old + t * step, False) > 0).float().mean() >= target:
+                if torch.count_nonzero(is_open(old + t * step)) >= target * len(old):
                     keep = t
                 else:
                     drop = t
             self.log_alpha[:, m] = old + keep * step
         return self.density() if overshot else after
+
+
+def _rebuild_experts(clip: Clip, region: ExpertRegion, init_args: tuple, state: dict, record: dict,
+                     training: bool) -> SparseInterpolatedExperts:
+    experts = SparseInterpolatedExperts(clip, *init_args, region=region)
+    experts.load_state_dict(state)
+    experts.__dict__.update(record)
+    return experts.train(training)
 
 
 Monitor = Callable[[SparseInterpolatedExperts], dict]
@@ -749,6 +773,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # label -> (masks mode, meta_train ov
     "magnitude masks": ("magnitude", {}),
 }
 CURVE_VARIANTS = ("dense meta-tuning", "SMAT", "SMAT w/o teachers")  # learning curves (the paper's Fig. 1)
+UNIT_COST = {"pretrained ProtoNet": 1, "dense meta-tuning": 3, "SMAT": 4, "SMAT w/o teachers": 2, "random masks": 2,
+             "magnitude masks": 2}  # relative run time of a variant's unit (measured), to hand out the longest first
 
 
 @dataclass
@@ -767,54 +793,98 @@ def domain_accuracy(experts: SparseInterpolatedExperts, bench: Benchmark, split:
     return rows.groupby(rows["dataset"].map(bench.domain)).accuracy.mean().to_dict()
 
 
-def compare_variants(clip: Clip, bench: Benchmark, sparsity: float, num_experts: int, seed: int, blocks: int | None = 1,
+def warm_region(region: ExpertRegion, benches: Sequence[Benchmark]) -> None:
+    """Compute the trunk's tokens and θ_pre features of every image the benchmarks use, once, in this process
+    (before :func:`fslib.parallel.map_units` forks workers that would otherwise each compute them)."""
+    roots = {}
+    for bench in benches:
+        for episode in [*bench.train, *(e for split in (bench.val, bench.test) for eps in split.values() for e in eps)]:
+            for part in (episode.support, episode.query):
+                while part.parent is not None:
+                    part = part.parent
+                roots[id(part)] = part
+    for dataset in roots.values():
+        region.pretrained_features(dataset)
+
+
+def _train_and_test_variant(clip: Clip, bench: Benchmark, region: ExpertRegion, label: str, sparsity: float, num_experts: int,
+                            seed: int, density: float | None, finetune_steps: int, finetune_lrs: Sequence[float],
+                            finetuned_variants: Sequence[str], curve_every: int, meta_options: dict) -> tuple:
+    """One variant of one seed: meta-train, test without (and maybe with) fine-tuning; (rows, experts, LR, curve rows)."""
+    mode, overrides = VARIANTS[label]
+    monitor = (lambda experts: domain_accuracy(experts, bench)) if label in CURVE_VARIANTS else None
+    experts = meta_train(clip, bench.train, mode, num_experts, sparsity, seed=seed, region=region, density=density,
+                         monitor=monitor, monitor_every=curve_every, progress=False, **{**meta_options, **overrides})
+    curves = [{"variant": label, "tasks": h["tasks"], "domain": d, "accuracy": h[d]} for h in experts.history for d in ("ID", "OOD")]
+    rows, chosen = evaluate_experts(experts, bench.test, label), None
+    if label in finetuned_variants:
+        chosen = choose_finetune_lr(experts, bench, finetune_lrs, finetune_steps)
+        rows += evaluate_experts(experts, bench.test, label, "full", finetune_steps, chosen)
+    return rows, experts, chosen, curves
+
+
+def compare_variants(clip: Clip, benches: dict[int, Benchmark], sparsity: float, num_experts: int, blocks: int | None = 1,
                      finetune_steps: int = 5, finetune_lrs: Sequence[float] = (0.0, 1e-4, 1e-3),
                      finetuned_variants: Sequence[str] = ("pretrained ProtoNet", "dense meta-tuning", "SMAT"),
-                     curve_every: int = 100, progress: bool = True, **meta_options) -> SeedRun:
-    """SMAT, its ablation and its baselines, meta-trained on the same episodes and tested on the same episodes.
+                     curve_every: int = 100, **meta_options) -> dict[int, SeedRun]:
+    """SMAT, its ablation and its baselines, meta-trained on the same episodes and tested on the same episodes,
+    for every seed of ``benches`` (seed -> its benchmark).
 
     Hand-designed masks sit in the same router + M-expert framework at the *realised merged density* of
     SMAT's learned masks (so SMAT is trained first). Every variant is tested without fine-tuning;
     ``finetuned_variants`` also with full fine-tuning, at the LR each chose on validation from
     ``finetune_lrs``. ``CURVE_VARIANTS`` are scored on the validation episodes every ``curve_every`` tasks.
+    Each (seed, variant) is one unit of :func:`fslib.parallel.map_units`: it sets its own seeds, so where it
+    runs does not change its result.
     """
     unknown = sorted(set(finetuned_variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; allowed: {', '.join(VARIANTS)}")
     region = ExpertRegion(clip, blocks)
-    rows, trained, chosen, curves = [], {}, {}, []
-    monitor = lambda experts: domain_accuracy(experts, bench)
-    for label, (mode, overrides) in tqdm(VARIANTS.items(), desc=f"variants (seed {seed})", disable=not progress, leave=False):
-        density = float(trained["SMAT"].density(merged=True)) if mode in ("random", "magnitude") else None
-        experts = meta_train(clip, bench.train, mode, num_experts, sparsity, seed=seed, region=region, density=density,
-                             monitor=monitor if label in CURVE_VARIANTS else None, monitor_every=curve_every,
-                             progress=False, **{**meta_options, **overrides})
-        trained[label] = experts
-        curves += [{"variant": label, "tasks": h["tasks"], "domain": d, "accuracy": h[d]} for h in experts.history for d in ("ID", "OOD")]
-        rows += evaluate_experts(experts, bench.test, label)
-        if label in finetuned_variants:
-            chosen[label] = choose_finetune_lr(experts, bench, finetune_lrs, finetune_steps)
-            rows += evaluate_experts(experts, bench.test, label, "full", finetune_steps, chosen[label])
-    results = pd.DataFrame(rows)
-    results["domain"] = results["dataset"].map(bench.domain)
-    return SeedRun(results, trained, chosen, pd.DataFrame(curves))
+    warm_region(region, list(benches.values()))
+    parallel.share(clip, region)
+    run = lambda density: lambda unit: _train_and_test_variant(clip, benches[unit[0]], region, unit[1], sparsity, num_experts, unit[0],
+                                                               density(unit[0]), finetune_steps, finetune_lrs, finetuned_variants,
+                                                               curve_every, meta_options)
+    hand_made = [label for label, (mode, _) in VARIANTS.items() if mode in ("random", "magnitude")]
+    longest_first = sorted((label for label in VARIANTS if label not in hand_made), key=lambda label: -UNIT_COST[label])
+    first = [(seed, label) for label in longest_first for seed in benches]
+    done = dict(zip(first, parallel.map_units(run(lambda seed: None), first, desc="SMAT variants x seeds")))
+    merged = {seed: float(done[(seed, "SMAT")][1].density(merged=True)) for seed in benches}
+    second = [(seed, label) for label in hand_made for seed in benches]
+    done.update(zip(second, parallel.map_units(run(merged.get), second, desc="hand-designed masks x seeds")))
+    runs = {}
+    for seed, bench in benches.items():
+        units = [done[(seed, label)] for label in VARIANTS]
+        results = pd.DataFrame([row for rows, *_ in units for row in rows])
+        results["domain"] = results["dataset"].map(bench.domain)
+        runs[seed] = SeedRun(results, {label: unit[1] for label, unit in zip(VARIANTS, units)},
+                             {label: unit[2] for label, unit in zip(VARIANTS, units) if unit[2] is not None},
+                             pd.DataFrame([row for *_, curves in units for row in curves]))
+    return runs
 
 
-def sparsity_tradeoff(clip: Clip, bench: Benchmark, points: Sequence[tuple[float, int]], seed: int, blocks: int | None = 1,
-                      already_trained: dict[tuple[float, int], SparseInterpolatedExperts] | None = None,
-                      progress: bool = True, **meta_options) -> pd.DataFrame:
-    """Test accuracy without fine-tuning and realised test-time sparsity of SMAT at each ``(τ, M)`` of ``points``,
-    meta-trained on the same episodes; ``already_trained`` maps ``(τ, M)`` to experts to reuse."""
+def sparsity_tradeoff(clip: Clip, benches: dict[int, Benchmark], points: Sequence[tuple[float, int]], blocks: int | None = 1,
+                      already_trained: dict[tuple[int, float, int], SparseInterpolatedExperts] | None = None,
+                      **meta_options) -> pd.DataFrame:
+    """Test accuracy without fine-tuning and realised test-time sparsity of SMAT at each ``(τ, M)`` of ``points``
+    for every seed of ``benches``, meta-trained on the same episodes; ``already_trained`` maps
+    ``(seed, τ, M)`` to experts to reuse. Each (seed, τ, M) is one unit of :func:`fslib.parallel.map_units`."""
     already_trained = already_trained or {}
     region = ExpertRegion(clip, blocks)
-    rows = []
-    for tau, m in tqdm(points, desc=f"tau x M (seed {seed})", disable=not progress, leave=False):
-        experts = already_trained.get((tau, m)) or meta_train(clip, bench.train, "learned", m, tau, seed=seed, region=region,
-                                                              progress=False, **meta_options)
+    warm_region(region, list(benches.values()))
+    parallel.share(clip, region)
+
+    def point(unit: tuple[int, float, int]) -> list[dict]:
+        seed, tau, m = unit
+        experts = already_trained.get(unit) or meta_train(clip, benches[seed].train, "learned", m, tau, seed=seed, region=region,
+                                                          progress=False, **meta_options)
         realised = 1 - float(experts.density().mean())
-        for row in evaluate_experts(experts, bench.test, "SMAT"):
-            rows.append({**row, "tau": tau, "experts": m, "realised sparsity": realised, "domain": bench.domain(row["dataset"])})
-    return pd.DataFrame(rows)
+        return [{**row, "tau": tau, "experts": m, "realised sparsity": realised, "domain": benches[seed].domain(row["dataset"]),
+                 "seed": seed} for row in evaluate_experts(experts, benches[seed].test, "SMAT")]
+
+    units = sorted(((seed, tau, m) for seed in benches for tau, m in points), key=lambda u: (u in already_trained, -u[2]))
+    return pd.DataFrame([row for rows in parallel.map_units(point, units, desc="SMAT at (tau, M) x seeds") for row in rows])
 
 
 def main() -> None:

@@ -1,0 +1,124 @@
+import os
+from multiprocessing.reduction import ForkingPickler
+
+import pandas as pd
+import pytest
+import torch
+
+from fslib import parallel
+
+
+def test_units_in_workers_equal_units_in_one_process(monkeypatch):
+    offset = 10  # a closure: the forked workers inherit it, nothing pickles it
+
+    def unit(seed: int) -> tuple[int, int, list[float]]:
+        torch.manual_seed(seed)
+        return seed + offset, os.getpid(), torch.rand(3).tolist()
+
+    monkeypatch.setenv("FSLIB_PROCESSES", "1")
+    alone = parallel.map_units(unit, [3, 1, 2, 5])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a parent that ran a parallel region before forking (a notebook alone, JupyterLab)
+    torch.ones(256, 256) @ torch.ones(256, 256)
+    torch.set_num_threads(threads)
+    monkeypatch.setenv("FSLIB_PROCESSES", "2")
+    forked = parallel.map_units(unit, [3, 1, 2, 5])
+    assert [(a, r) for a, _, r in forked] == [(a, r) for a, _, r in alone]
+    assert {pid for _, pid, _ in alone} == {os.getpid()}
+    assert os.getpid() not in {pid for _, pid, _ in forked}  # really ran elsewhere
+
+
+class Big:
+    def __init__(self):
+        self.weights = torch.arange(5.0)
+
+
+def test_shared_objects_come_back_as_the_parents_own(monkeypatch):
+    model, other = Big(), Big()
+    parallel.share(model)
+    monkeypatch.setenv("FSLIB_PROCESSES", "2")
+    back = parallel.map_units(lambda i: {"model": model, "other": other, "i": i}, [0, 1])
+    assert all(r["model"] is model for r in back)          # by reference
+    assert all(r["other"] is not other for r in back)      # not shared: by value
+    assert torch.equal(back[0]["other"].weights, other.weights)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_bad_worker_count_is_named(monkeypatch, value):
+    monkeypatch.setenv("FSLIB_PROCESSES", value)
+    with pytest.raises(ValueError, match=f"FSLIB_PROCESSES='{value}'"):
+        parallel.processes()
+
+
+def test_trained_experts_pickle_through_their_state_dict(random_clip):
+    from fslib.methods.smat import SparseInterpolatedExperts
+
+    experts = SparseInterpolatedExperts(random_clip, "learned", num_experts=2, sparsity=0.5, seed=3)
+    with torch.no_grad():
+        experts.delta.add_(0.01)
+    experts.tasks_seen, experts.history = 7, [{"tasks": 0, "ID": 50.0}]
+    parallel.share(random_clip, experts.region)
+    back = ForkingPickler.loads(ForkingPickler.dumps(experts))
+    assert back.clip is random_clip and back.region is experts.region
+    assert back.tasks_seen == 7 and back.history == experts.history and not back.training
+    for (name, a), (_, b) in zip(experts.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_shared_drivers_in_forked_processes_equal_one_process(tmp_path, random_clip, monkeypatch):
+    """evaluation.base_to_new and few_shot_sweep hand their units to map_units: two one-thread processes give
+    one process's rows, in the same order."""
+    import numpy as np
+    from PIL import Image
+
+    from fslib.data import load_dataset
+    from fslib.evaluation import base_to_new, few_shot_sweep
+    from fslib.methods import LinearProbe, ZeroShot
+    from fslib.methods.llu import LLU
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog", "fox", "owl"):
+        (tmp_path / "pets" / c).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "pets" / c / f"{i}.png")
+    path = str(tmp_path / "pets")
+    factories = {"zero-shot": lambda seed: ZeroShot(random_clip), "linear probe": lambda seed: LinearProbe(random_clip),
+                 "LLU": lambda seed: LLU(random_clip, steps=5, views=2, seed=seed)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = {}
+        for processes in ("1", "2"):
+            monkeypatch.setenv("FSLIB_PROCESSES", processes)
+            runs[processes] = (base_to_new(factories, [path], 2, [1, 2, 3], progress=False).drop(columns="fit_seconds"),
+                               few_shot_sweep(factories["LLU"], load_dataset(path, "train"), load_dataset(path, "test"),
+                                              [1, 2], [1, 2], progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(runs["1"], runs["2"]):
+        pd.testing.assert_frame_equal(one, two)
+    assert runs["1"][0][["seed", "method"]].drop_duplicates().values.tolist() == [
+        [seed, label] for seed in (1, 2, 3) for label in factories]  # the loops' order: dataset, seed, method
+
+
+def test_apex_and_mamf_drivers_in_forked_processes_equal_one_process(random_clip, monkeypatch):
+    """apex.base_to_new (units: dataset x seed x prompt family) and mamf.compare_strategies (units: dataset x
+    seed) give one process's rows from two one-thread processes."""
+    from fslib.methods import apex, mamf
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = {}
+        for processes in ("1", "2"):
+            monkeypatch.setenv("FSLIB_PROCESSES", processes)
+            prompts = apex.base_to_new(random_clip, ["colors"], 1, [1, 2], epochs=1, lr=0.1, betas=[0, 4], alphas=[0.5],
+                                       progress=False, test_per_class=2)
+            strategies = mamf.compare_strategies(random_clip, ["colors"], [2], 1, 2, [1, 2], {"MAMF": [(1e-4, 1)]},
+                                                 train_per_class=2, queries=2, progress=False)
+            runs[processes] = (*prompts[:2], strategies)
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(runs["1"], runs["2"]):
+        assert len(one) > 0
+        pd.testing.assert_frame_equal(one, two)
