@@ -87,8 +87,8 @@ def precision_scope(name: str) -> Iterator[None]:
 
 
 def precision(device: torch.device | str) -> str:
-    """The precision in force on ``device``: ``auto`` resolved through ``$FSLIB_PRECISION`` (so that, say,
-    ``FSLIB_PRECISION=bf16 make test`` runs every notebook's default in bf16) and then the hardware."""
+    """The precision in force on ``device``: ``auto`` resolved through ``$FSLIB_PRECISION`` (so that
+    ``make test``, which sets it to fp32, runs every notebook's default in fp32) and then the hardware."""
     name = _precision if _precision != "auto" else os.environ.get("FSLIB_PRECISION", "auto")
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r} (from FSLIB_PRECISION); allowed: {', '.join(PRECISIONS)}")

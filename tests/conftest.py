@@ -17,7 +17,7 @@ def isolated_dirs(tmp_path, monkeypatch):
 
 @pytest.fixture(autouse=True, scope="session")
 def fp32_unless_asked():
-    """Unit tests run in fp32 whatever the CPU and ``make test``'s ``FSLIB_PRECISION=bf16`` (meant for the
+    """Unit tests run in fp32 whatever the CPU and ``$FSLIB_PRECISION`` (``make test`` sets it for the
     notebooks), so their tolerances do not depend on bf16; set in the environment before any fixture, so
     module-wide fixtures and the processes a test starts (torchrun's ranks) run in fp32 too. The tests of
     reduced precision ask for it."""
