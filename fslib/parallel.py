@@ -1,9 +1,11 @@
 """Independent units of an experiment (a seed, a variant within a seed) side by side on the CPU's cores.
 
 Why processes, not threads: an episode's tensors are small (tens of images through one block), so torch's
-second intra-op thread leaves a core mostly idle. Measured on 03's SMAT (2-core CPU, bf16, shots 5): one seed
-took 135 s on two threads and 147 s on one, while two seeds in two one-thread processes finished together in
-147 s, 1.85x the throughput. Threads sharing one model cannot replace processes here: ``functional_call``
+second intra-op thread leaves a core mostly idle. Measured on 03's SMAT (2-core AVX512-BF16 CPU, bf16, shots 5):
+one seed took 135 s on two threads and 147 s on one, while two seeds in two one-thread processes finished together
+in 147 s, 1.85x the throughput. On a 2-core AVX2 CPU in fp32, :func:`~fslib.methods.smat.compare_variants` over 3
+seeds (100 meta-training and 10 test episodes per dataset) took 127 s in one process and 75 s in two (1.7x), with
+identical results. Threads sharing one model cannot replace processes here: ``functional_call``
 swaps a module's parameters in place, and torch's random generator is global.
 
 The workers are *forked*: they inherit the loaded model and every cache (encoded features, the trunk's
