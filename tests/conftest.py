@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from fslib import features
 from fslib.data import ImageDataset
@@ -24,6 +25,24 @@ def fp32_unless_asked():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FSLIB_PRECISION", "fp32")
         yield
+
+
+@pytest.fixture
+def one_and_two_processes(monkeypatch):
+    """``run(fn)``: ``fn()`` with ``$FSLIB_PROCESSES`` 1 and then 2, this process on one thread like the workers,
+    as ``{"1": result, "2": result}``: what a driver's fan-out over processes (fslib.parallel) must leave unchanged."""
+    def run(fn):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            results = {}
+            for processes in ("1", "2"):
+                monkeypatch.setenv("FSLIB_PROCESSES", processes)
+                results[processes] = fn()
+            return results
+        finally:
+            torch.set_num_threads(threads)
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -81,7 +81,7 @@ def test_run_fits_every_contender_once_per_task_and_marks_what_it_cannot_score(r
     assert (results.fit_seconds >= 0).all() and results.peak_mb.notna().all()
 
 
-def test_tasks_in_forked_processes_equal_one_process(random_clip, monkeypatch):
+def test_tasks_in_forked_processes_equal_one_process(random_clip, one_and_two_processes):
     """run() hands its tasks to fslib.parallel: two one-thread processes give one process's accuracies, and a
     meta-training behind ``make`` runs once per seed, in this process, before the fits fan out."""
     from fslib.methods.llu import LLU
@@ -94,15 +94,8 @@ def test_tasks_in_forked_processes_equal_one_process(random_clip, monkeypatch):
                                                                   seed=seed), "kappa", (10.0,))}
     tasks = [compare.Task("base-to-new", "toy", 2, seed, few_shot(base_train, 2, seed), {"base": base_test, "new": new_test})
              for seed in (1, 2, 3)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        runs = {}
-        for processes in ("1", "2"):
-            monkeypatch.setenv("FSLIB_PROCESSES", processes)
-            runs[processes] = compare.run(random_clip, contenders, {"zero-shot": None, "LLU": 10.0}, tasks, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    runs = one_and_two_processes(lambda: compare.run(random_clip, contenders, {"zero-shot": None, "LLU": 10.0}, tasks,
+                                                     progress=False))
     columns = ["protocol", "dataset", "shots", "seed", "method", "part", "accuracy", "trainable"]
     pd.testing.assert_frame_equal(runs["1"][columns], runs["2"][columns])
     assert sorted(meta.runs) == [(None, 1), (None, 2), (None, 3)]  # made here, once per seed

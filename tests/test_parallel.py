@@ -65,7 +65,7 @@ def test_trained_experts_pickle_through_their_state_dict(random_clip):
         assert torch.equal(a, b), name
 
 
-def test_shared_drivers_in_forked_processes_equal_one_process(tmp_path, random_clip, monkeypatch):
+def test_shared_drivers_in_forked_processes_equal_one_process(tmp_path, random_clip, one_and_two_processes):
     """evaluation.base_to_new and few_shot_sweep hand their units to map_units: two one-thread processes give
     one process's rows, in the same order."""
     import numpy as np
@@ -84,41 +84,28 @@ def test_shared_drivers_in_forked_processes_equal_one_process(tmp_path, random_c
     path = str(tmp_path / "pets")
     factories = {"zero-shot": lambda seed: ZeroShot(random_clip), "linear probe": lambda seed: LinearProbe(random_clip),
                  "LLU": lambda seed: LLU(random_clip, steps=5, views=2, seed=seed)}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        runs = {}
-        for processes in ("1", "2"):
-            monkeypatch.setenv("FSLIB_PROCESSES", processes)
-            runs[processes] = (base_to_new(factories, [path], 2, [1, 2, 3], progress=False).drop(columns="fit_seconds"),
-                               few_shot_sweep(factories["LLU"], load_dataset(path, "train"), load_dataset(path, "test"),
-                                              [1, 2], [1, 2], progress=False))
-    finally:
-        torch.set_num_threads(threads)
+    runs = one_and_two_processes(lambda: (
+        base_to_new(factories, [path], 2, [1, 2, 3], progress=False).drop(columns="fit_seconds"),
+        few_shot_sweep(factories["LLU"], load_dataset(path, "train"), load_dataset(path, "test"), [1, 2], [1, 2], progress=False)))
     for one, two in zip(runs["1"], runs["2"]):
         pd.testing.assert_frame_equal(one, two)
     assert runs["1"][0][["seed", "method"]].drop_duplicates().values.tolist() == [
         [seed, label] for seed in (1, 2, 3) for label in factories]  # the loops' order: dataset, seed, method
 
 
-def test_apex_and_mamf_drivers_in_forked_processes_equal_one_process(random_clip, monkeypatch):
+def test_apex_and_mamf_drivers_in_forked_processes_equal_one_process(random_clip, one_and_two_processes):
     """apex.base_to_new (units: dataset x seed x prompt family) and mamf.compare_strategies (units: dataset x
     seed) give one process's rows from two one-thread processes."""
     from fslib.methods import apex, mamf
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        runs = {}
-        for processes in ("1", "2"):
-            monkeypatch.setenv("FSLIB_PROCESSES", processes)
-            prompts = apex.base_to_new(random_clip, ["colors"], 1, [1, 2], epochs=1, lr=0.1, betas=[0, 4], alphas=[0.5],
-                                       progress=False, test_per_class=2)
-            strategies = mamf.compare_strategies(random_clip, ["colors"], [2], 1, 2, [1, 2], {"MAMF": [(1e-4, 1)]},
-                                                 train_per_class=2, queries=2, progress=False)
-            runs[processes] = (*prompts[:2], strategies)
-    finally:
-        torch.set_num_threads(threads)
+    def both_drivers() -> tuple:
+        prompts = apex.base_to_new(random_clip, ["colors"], 1, [1, 2], epochs=1, lr=0.1, betas=[0, 4], alphas=[0.5],
+                                   progress=False, test_per_class=2)
+        strategies = mamf.compare_strategies(random_clip, ["colors"], [2], 1, 2, [1, 2], {"MAMF": [(1e-4, 1)]},
+                                             train_per_class=2, queries=2, progress=False)
+        return (*prompts[:2], strategies)
+
+    runs = one_and_two_processes(both_drivers)
     for one, two in zip(runs["1"], runs["2"]):
         assert len(one) > 0
         pd.testing.assert_frame_equal(one, two)

@@ -172,7 +172,7 @@ def test_two_gloo_processes_meta_train_like_one(tmp_path):
         torch.testing.assert_close(ranks[0][name], value.detach(), rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_variants_in_forked_processes_equal_one_process(random_clip, monkeypatch):
+def test_variants_in_forked_processes_equal_one_process(random_clip, one_and_two_processes):
     """compare_variants and sparsity_tradeoff hand (seed, variant) units to fslib.parallel: two one-thread
     processes give exactly the numbers, densities and chosen LRs of one process on one thread."""
     from fslib.methods.smat import compare_variants, sparsity_tradeoff
@@ -180,18 +180,12 @@ def test_variants_in_forked_processes_equal_one_process(random_clip, monkeypatch
     benches = {seed: make_benchmark(["shapes"], ["counting"], n_way=3, shots=1, queries=2, train_tasks=4, test_tasks=2,
                                     val_tasks=1, novel=5, seed=seed, test_per_class=6) for seed in (1, 2)}
     options = dict(finetune_steps=1, finetune_lrs=(0.0, 1e-3), meta_batch=2, curve_every=2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        runs = {}
-        for processes in ("1", "2"):
-            monkeypatch.setenv("FSLIB_PROCESSES", processes)
-            variants = compare_variants(random_clip, benches, 0.5, 2, **options)
-            tradeoff = sparsity_tradeoff(random_clip, benches, [(0.5, 2), (0.8, 1)], meta_batch=2,
-                                         already_trained={(s, 0.5, 2): run.experts["SMAT"] for s, run in variants.items()})
-            runs[processes] = variants, tradeoff
-    finally:
-        torch.set_num_threads(threads)
+    def variants_and_tradeoff() -> tuple:
+        variants = compare_variants(random_clip, benches, 0.5, 2, **options)
+        return variants, sparsity_tradeoff(random_clip, benches, [(0.5, 2), (0.8, 1)], meta_batch=2,
+                                           already_trained={(s, 0.5, 2): run.experts["SMAT"] for s, run in variants.items()})
+
+    runs = one_and_two_processes(variants_and_tradeoff)
     (one, one_tradeoff), (two, two_tradeoff) = runs["1"], runs["2"]
     pd.testing.assert_frame_equal(one_tradeoff, two_tradeoff)
     for seed in benches:
