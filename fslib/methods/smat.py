@@ -807,6 +807,15 @@ def warm_region(region: ExpertRegion, benches: Sequence[Benchmark]) -> None:
         region.pretrained_features(dataset)
 
 
+def _shared_region(clip: Clip, benches: dict[int, Benchmark], blocks: int | None) -> ExpertRegion:
+    """The expert region of :func:`compare_variants` and :func:`sparsity_tradeoff`: its trunk cache warmed for every
+    seed's benchmark, and it and the model shared by reference with :mod:`fslib.parallel`'s workers."""
+    region = ExpertRegion(clip, blocks)
+    warm_region(region, list(benches.values()))
+    parallel.share(clip, region)
+    return region
+
+
 def _train_and_test_variant(clip: Clip, bench: Benchmark, region: ExpertRegion, label: str, sparsity: float, num_experts: int,
                             seed: int, density: float | None, finetune_steps: int, finetune_lrs: Sequence[float],
                             finetuned_variants: Sequence[str], curve_every: int, meta_options: dict) -> tuple:
@@ -840,19 +849,22 @@ def compare_variants(clip: Clip, benches: dict[int, Benchmark], sparsity: float,
     unknown = sorted(set(finetuned_variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; allowed: {', '.join(VARIANTS)}")
-    region = ExpertRegion(clip, blocks)
-    warm_region(region, list(benches.values()))
-    parallel.share(clip, region)
-    run = lambda density: lambda unit: _train_and_test_variant(clip, benches[unit[0]], region, unit[1], sparsity, num_experts, unit[0],
-                                                               density(unit[0]), finetune_steps, finetune_lrs, finetuned_variants,
-                                                               curve_every, meta_options)
+    region = _shared_region(clip, benches, blocks)
     hand_made = [label for label, (mode, _) in VARIANTS.items() if mode in ("random", "magnitude")]
+    merged: dict[int, float] = {}  # SMAT's realised merged density per seed: filled before the hand-made masks fork
+
+    def variant(unit: tuple[int, str]) -> tuple:
+        seed, label = unit
+        return _train_and_test_variant(clip, benches[seed], region, label, sparsity, num_experts, seed,
+                                       merged[seed] if label in hand_made else None, finetune_steps, finetune_lrs,
+                                       finetuned_variants, curve_every, meta_options)
+
     longest_first = sorted((label for label in VARIANTS if label not in hand_made), key=lambda label: -UNIT_COST[label])
     first = [(seed, label) for label in longest_first for seed in benches]
-    done = dict(zip(first, parallel.map_units(run(lambda seed: None), first, desc="SMAT variants x seeds")))
-    merged = {seed: float(done[(seed, "SMAT")][1].density(merged=True)) for seed in benches}
+    done = dict(zip(first, parallel.map_units(variant, first, desc="SMAT variants x seeds")))
+    merged.update({seed: float(done[(seed, "SMAT")][1].density(merged=True)) for seed in benches})
     second = [(seed, label) for label in hand_made for seed in benches]
-    done.update(zip(second, parallel.map_units(run(merged.get), second, desc="hand-designed masks x seeds")))
+    done.update(zip(second, parallel.map_units(variant, second, desc="hand-designed masks x seeds")))
     runs = {}
     for seed, bench in benches.items():
         units = [done[(seed, label)] for label in VARIANTS]
@@ -871,9 +883,7 @@ def sparsity_tradeoff(clip: Clip, benches: dict[int, Benchmark], points: Sequenc
     for every seed of ``benches``, meta-trained on the same episodes; ``already_trained`` maps
     ``(seed, τ, M)`` to experts to reuse. Each (seed, τ, M) is one unit of :func:`fslib.parallel.map_units`."""
     already_trained = already_trained or {}
-    region = ExpertRegion(clip, blocks)
-    warm_region(region, list(benches.values()))
-    parallel.share(clip, region)
+    region = _shared_region(clip, benches, blocks)
 
     def point(unit: tuple[int, float, int]) -> list[dict]:
         seed, tau, m = unit
