@@ -29,18 +29,18 @@ from fslib.progress import tqdm
 from fslib.training import autocast, precision
 
 
-def _tensor_bytes(value: torch.Tensor) -> int:
-    return value.element_size() * value.nelement()
+def _tensor_bytes(value: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
+    return sum(t.element_size() * t.nelement() for t in (value if isinstance(value, tuple) else (value,)))
 
 
 class TensorCache(LRUCache):
-    """A least-recently-used cache of tensors bounded by their bytes; a tensor larger than the whole
-    budget is simply not kept (the caller recomputes it when asked again)."""
+    """A least-recently-used cache of tensors (or tuples of tensors) bounded by their bytes; a value larger than
+    the whole budget is simply not kept (the caller recomputes it when asked again)."""
 
     def __init__(self, budget_mb: float):
         super().__init__(maxsize=int(budget_mb * 2**20), getsizeof=_tensor_bytes)
 
-    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+    def __setitem__(self, key: str, value: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
         if self.getsizeof(value) <= self.maxsize:
             super().__setitem__(key, value)
 

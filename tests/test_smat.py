@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from fslib.features import preprocess_images
 from fslib.fewshot import EpisodeSampler
-from fslib.methods.smat import (SMAT, ExpertRegion, SparseInterpolatedExperts, hard_concrete, is_open, make_benchmark, meta_train,
-                                novel_class_split, task_tensors)
+from fslib.methods.smat import (_REGION_INPUTS, SMAT, ExpertRegion, SparseInterpolatedExperts, hard_concrete, is_open,
+                                make_benchmark, meta_train, novel_class_split, task_tensors)
 from tests.conftest import make_dataset
 
 
@@ -195,3 +195,57 @@ def test_variants_in_forked_processes_equal_one_process(random_clip, one_and_two
         assert two[seed].experts["SMAT"].clip is random_clip  # came back pointing at this process's model
         for label, experts in one[seed].experts.items():
             assert torch.equal(experts.density(merged=True), two[seed].experts[label].density(merged=True)), label
+
+
+def test_trunk_cache_encodes_only_the_images_asked_for(random_clip):
+    """A sampled test split is encoded image by image, not whole; rows already cached are not recomputed."""
+    data = make_dataset(3, 4, seed=5, name="rows")
+    region = ExpertRegion(random_clip, 1)
+    part = data.subset([3, 1, 3])
+    tokens = region.inputs(part)
+    position, table = _REGION_INPUTS[region._table_key("tokens", data)]
+    assert len(table) == 2 and (position >= 0).sum() == 2
+    region.warm([data.subset([1, 7]), data.subset([7, 0])])  # adds 7 and 0 only
+    assert len(_REGION_INPUTS[region._table_key("tokens", data)][1]) == 4
+    whole = region._trunk_tokens(data)
+    torch.testing.assert_close(tokens, whole[[3, 1, 3]])
+    torch.testing.assert_close(region.inputs(data.subset([0, 7])), whole[[0, 7]])
+    torch.testing.assert_close(region.pretrained_features(data), region.features(region.pretrained(), whole))
+
+
+def test_trunk_cache_warmed_in_two_processes_equals_one(random_clip, one_and_two_processes):
+    data = make_dataset(3, 4, seed=6, name="warm")
+
+    def warmed():
+        _REGION_INPUTS.clear()
+        region = ExpertRegion(random_clip, 1)
+        region.warm([data.subset([2, 5, 11]), data.subset([5, 0])], chunk=2)
+        return region.inputs(data.subset([0, 2, 5, 11])), region.pretrained_features(data.subset([11, 0]))
+
+    results = one_and_two_processes(warmed)
+    for ones, twos in zip(results["1"], results["2"]):
+        assert torch.equal(ones, twos)
+
+
+def test_test_time_masks_follow_log_alpha(random_clip):
+    experts = SparseInterpolatedExperts(random_clip, "learned", num_experts=2)
+    kept = experts.masks(training=False)
+    assert experts.masks(training=False) is kept and kept.max() > 0
+    with torch.no_grad():
+        experts.log_alpha.fill_(math.log(0.01))  # an in-place update, as the optimiser and the clamp make
+    assert experts.masks(training=False).max() == 0
+
+
+def test_settle_masks_takes_back_an_update_that_closed_too_many(random_clip):
+    """An update that closes every open entry of expert 0 is scaled back until 1 - τ of its entries are open."""
+    experts = SparseInterpolatedExperts(random_clip, "learned", num_experts=2, sparsity=0.9)
+    open_ = len(experts.pre) // 5
+    with torch.no_grad():
+        experts.log_alpha.fill_(math.log(0.01))  # closed, at the lower clamp
+        experts.log_alpha[:open_] = torch.linspace(-2, 2, open_)[:, None]  # 20% open in both experts
+        before, before_density = experts.log_alpha.detach().clone(), experts.density()
+        experts.log_alpha[:open_, 0] -= 5  # closes them all; the other entries do not move
+    density = experts.settle_masks(before, before_density)
+    assert 0.1 <= density[0] < 0.1005 and density[1] == before_density[1]
+    # the scale is the bisection's over the whole column (log α is linear in it): 0.4796 solves 2 - 5t = -ln 11 + 2
+    assert torch.allclose(experts.log_alpha[:open_, 0], before[:open_, 0] - 5 * 0.4796, atol=2e-3)

@@ -125,6 +125,13 @@ def class_token_attention(attn: nn.MultiheadAttention, params: dict[str, torch.T
     return out + params["out_proj.bias"] if "out_proj.bias" in params else out
 
 
+def _root_rows(dataset: ImageDataset) -> tuple[ImageDataset, np.ndarray]:
+    """The full dataset behind ``dataset`` and ``dataset``'s rows in it (a subset's parent is always a full one)."""
+    if dataset.parent is None:
+        return dataset, np.arange(len(dataset))
+    return dataset.parent, np.asarray(dataset.parent_indices, dtype=np.int64)
+
+
 _REGION_INPUTS = memory_cache()  # this process's cached trunk outputs, shared by every region (bounded by bytes)
 
 
@@ -167,42 +174,93 @@ class ExpertRegion:
         return {n: c.view(*shape, *flat.shape[1:]) for n, c, shape in zip(self.names, chunks, self.shapes)}
 
     @torch.no_grad()
-    def inputs(self, dataset: ImageDataset, batch_size: int = 256) -> torch.Tensor:
+    def inputs(self, dataset: ImageDataset) -> torch.Tensor:
         """What enters the region for every image of ``dataset``, on the CPU: its pixels when the region is the
-        whole tower, else the frozen trunk's tokens, computed once per full dataset."""
+        whole tower, else the frozen trunk's tokens, computed once per image (:meth:`_per_image`)."""
         if self.blocks is None:
             return preprocess_images(self.clip, dataset)
-        if dataset.parent is not None:
-            return self.inputs(dataset.parent, batch_size)[torch.as_tensor(dataset.parent_indices)]
-        key = self._cache_key(dataset)
-        if key in _REGION_INPUTS:
-            return _REGION_INPUTS[key]
+        return self._per_image("tokens", dataset, self._trunk_tokens)
+
+    @torch.no_grad()
+    def pretrained_features(self, dataset: ImageDataset) -> torch.Tensor:
+        """Features of the frozen tower (θ_pre) for every image of ``dataset``, on the CPU; computed once per
+        image (the router's input and the pretrained teacher read them)."""
+        def encode(part: ImageDataset, batch: int = 256) -> torch.Tensor:
+            # in batches of exactly ``batch`` (the last padded with its first image): a small batch takes other matrix
+            # kernels, which round differently in the last bit, and a cached image must not depend on its companions
+            pre, out = self.pretrained(), []
+            for x in self.inputs(part).split(batch):
+                padded = torch.cat([x, x[:1].expand(batch - len(x), *x.shape[1:])])
+                out.append(self.features(pre, padded)[:len(x)].cpu())
+            return torch.cat(out)
+
+        return self._per_image("features", dataset, encode)
+
+    def warm(self, datasets: Sequence[ImageDataset], chunk: int = 256) -> None:
+        """Compute the trunk's tokens and θ_pre features of every image of ``datasets`` not cached yet, in
+        chunks side by side in :func:`fslib.parallel.map_units`' processes, and cache them in this process
+        (before it forks workers that would otherwise each compute them)."""
+        wanted: dict[int, tuple[ImageDataset, set[int]]] = {}
+        for dataset in datasets:
+            root, rows = _root_rows(dataset)
+            wanted.setdefault(id(root), (root, set()))[1].update(rows.tolist())
+        parts = [root.subset(todo[i:i + chunk]) for root, rows in wanted.values()
+                 for todo in [self._missing("features", root, np.array(sorted(rows), dtype=np.int64))]
+                 for i in range(0, len(todo), chunk)]
+        computed = parallel.map_units(lambda part: (self.inputs(part), self.pretrained_features(part)), parts,
+                                      desc=f"trunk cache ({sum(map(len, parts))} images)")
+        for part, (tokens, features) in zip(parts, computed):
+            self._store("tokens", part, tokens)
+            self._store("features", part, features)
+
+    def _trunk_tokens(self, dataset: ImageDataset, batch_size: int = 256) -> torch.Tensor:
+        """The tokens entering block ``start`` for every image of ``dataset``, through the frozen trunk."""
         chunks = []
-        for batch in pixel_batches(self.clip, dataset, batch_size):
+        with torch.random.fork_rng(devices=[]):  # a DataLoader draws its seed from torch's generator: a cache miss
+            batches = list(pixel_batches(self.clip, dataset, batch_size))  # must not move a meta-training's draws
+        for batch in batches:
             with autocast(self.clip.device):  # the trunk is an encoding like any other: the kit's precision
                 x = self.visual._embeds(batch.to(self.clip.device))
                 for block in self.visual.transformer.resblocks[:self.start]:
                     x = self._run_block(block, None, x)
             chunks.append(x.float().cpu())
-        _REGION_INPUTS[key] = tokens = torch.cat(chunks)
-        return tokens
+        return torch.cat(chunks)
 
-    @torch.no_grad()
-    def pretrained_features(self, dataset: ImageDataset) -> torch.Tensor:
-        """Features of the frozen tower (θ_pre) for every image of ``dataset``, on the CPU; computed once per
-        full dataset (the router's input and the pretrained teacher read them)."""
-        if dataset.parent is not None:
-            return self.pretrained_features(dataset.parent)[torch.as_tensor(dataset.parent_indices)]
-        key = f"features:{self._cache_key(dataset)}"
-        if key in _REGION_INPUTS:
-            return _REGION_INPUTS[key]
-        pre = self.pretrained()
-        _REGION_INPUTS[key] = features = torch.cat([self.features(pre, x).cpu() for x in self.inputs(dataset).split(256)])
-        return features
+    def _per_image(self, kind: str, dataset: ImageDataset, compute: Callable[[ImageDataset], torch.Tensor]) -> torch.Tensor:
+        """Rows of a per-image table (``kind``) of the full dataset behind ``dataset``, calling ``compute`` on the
+        images not cached yet only: an episode's test split is sampled, so most of its images are never encoded."""
+        root, rows = _root_rows(dataset)
+        todo = self._missing(kind, root, rows)
+        if len(todo):
+            part = root.subset(todo)
+            self._store(kind, part, compute(part))
+        cached = _REGION_INPUTS.get(self._table_key(kind, root))
+        if cached is None:  # more than the memory cache's budget: not kept
+            return compute(dataset)
+        position, table = cached
+        return table[position[torch.as_tensor(rows)]]
 
-    def _cache_key(self, dataset: ImageDataset) -> str:
-        """What the trunk's outputs depend on: its weights, the images, where it stops, the precision."""
-        return f"{self.weights_key}:{dataset.fingerprint()}:{self.start}:{precision(self.clip.device)}"
+    def _missing(self, kind: str, root: ImageDataset, rows: np.ndarray) -> np.ndarray:
+        """The distinct ``rows`` of ``root`` not in its ``kind`` table yet."""
+        cached = _REGION_INPUTS.get(self._table_key(kind, root))
+        if cached is not None:
+            rows = rows[(cached[0][torch.as_tensor(rows)] < 0).numpy()]
+        return np.unique(rows)
+
+    def _store(self, kind: str, part: ImageDataset, values: torch.Tensor) -> None:
+        """Add the rows of ``part`` (a subset of a full dataset) not cached yet to that dataset's ``kind`` table:
+        ``(position, rows)``, where ``position`` maps an image of the full dataset to its row (-1: none yet)."""
+        root, rows = _root_rows(part)
+        key = self._table_key(kind, root)
+        position, table = _REGION_INPUTS.get(key) or (torch.full((len(root),), -1), values[:0])
+        fresh = position[torch.as_tensor(rows)] < 0
+        rows, values, position = torch.as_tensor(rows)[fresh], values[fresh], position.clone()
+        position[rows] = torch.arange(len(table), len(table) + len(rows))
+        _REGION_INPUTS[key] = (position, torch.cat([table, values]))
+
+    def _table_key(self, kind: str, root: ImageDataset) -> str:
+        """What a table depends on: its kind, the trunk's weights, the images, where it stops, the precision."""
+        return f"{kind}:{self.weights_key}:{root.fingerprint()}:{self.start}:{precision(self.clip.device)}"
 
     def _run_block(self, block: nn.Module, params: dict[str, torch.Tensor] | None, x: torch.Tensor) -> torch.Tensor:
         """One open_clip residual block on batch-first tokens (transposing for sequence-first models)."""
@@ -309,6 +367,7 @@ class SparseInterpolatedExperts(nn.Module):
         self.mode, self.sparsity = masks, sparsity
         self.num_experts = num_experts if masks in ROUTED_MODES else 1
         self.pre = self.region.pretrained()
+        self._test_masks: tuple[tuple[int, int], torch.Tensor] | None = None  # (log α's version, masks): see masks
         generator = torch.Generator().manual_seed(seed)
         self.delta = nn.Parameter(torch.zeros_like(self.pre))
         if masks == "learned":
@@ -356,8 +415,17 @@ class SparseInterpolatedExperts(nn.Module):
         return torch.cat(masks).float()
 
     def masks(self, training: bool) -> torch.Tensor:
-        """Every expert's mask, (N, M)."""
-        return hard_concrete(self.log_alpha, training) if self.mode == "learned" else self.fixed_masks
+        """Every expert's mask, (N, M). The test-time masks (without gradient: they only build a task's weights
+        at test) are kept until ``log α`` changes, since every test task reads them."""
+        if self.mode != "learned":
+            return self.fixed_masks
+        if training:
+            return hard_concrete(self.log_alpha, True)
+        version = (self.log_alpha.data_ptr(), self.log_alpha._version)  # an in-place update bumps the version
+        if self._test_masks is None or self._test_masks[0] != version:
+            with torch.no_grad():
+                self._test_masks = (version, hard_concrete(self.log_alpha, False))
+        return self._test_masks[1]
 
     # -- task weights ------------------------------------------------------------------------------
     def features(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
@@ -408,7 +476,8 @@ class SparseInterpolatedExperts(nn.Module):
                         for i in mine), self.delta.new_zeros(())) / len(tasks)
         gates = [self.gates(t.support_pre, t.support_labels, t.num_classes, True) for t in tasks]
         alphas = torch.stack([alpha for alpha, _ in gates])
-        thetas = self.pre + (alphas @ self.masks(training=True).T) * self.delta
+        # unbound, not indexed: indexing would give each task's gradient back as a zero (B, N) table with one row set
+        thetas = (self.pre + (alphas @ self.masks(training=True).T) * self.delta).unbind(0)
         router_penalty = 1e-4 * torch.stack([logits.pow(2).mean() for _, logits in gates]).sum() if distributed.is_main() else 0.0
         return (sum((self.task_loss(tasks[i], thetas[i], inner_lr, teacher_lr, kd_weight, kd_temperature, pretrained_teacher)
                      for i in mine), self.delta.new_zeros(())) + router_penalty) / len(tasks)
@@ -794,17 +863,10 @@ def domain_accuracy(experts: SparseInterpolatedExperts, bench: Benchmark, split:
 
 
 def warm_region(region: ExpertRegion, benches: Sequence[Benchmark]) -> None:
-    """Compute the trunk's tokens and θ_pre features of every image the benchmarks use, once, in this process
-    (before :func:`fslib.parallel.map_units` forks workers that would otherwise each compute them)."""
-    roots = {}
-    for bench in benches:
-        for episode in [*bench.train, *(e for split in (bench.val, bench.test) for eps in split.values() for e in eps)]:
-            for part in (episode.support, episode.query):
-                while part.parent is not None:
-                    part = part.parent
-                roots[id(part)] = part
-    for dataset in roots.values():
-        region.pretrained_features(dataset)
+    """Cache the trunk's tokens and θ_pre features of every image the benchmarks' episodes use (:meth:`ExpertRegion.warm`)."""
+    episodes = [e for bench in benches for e in [*bench.train, *(e for split in (bench.val, bench.test) for eps in split.values()
+                                                                for e in eps)]]
+    region.warm([part for episode in episodes for part in (episode.support, episode.query)])
 
 
 def _shared_region(clip: Clip, benches: dict[int, Benchmark], blocks: int | None) -> ExpertRegion:
