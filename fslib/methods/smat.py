@@ -200,13 +200,14 @@ class ExpertRegion:
         """Compute the trunk's tokens and θ_pre features of every image of ``datasets`` not cached yet, in
         chunks side by side in :func:`fslib.parallel.map_units`' processes, and cache them in this process
         (before it forks workers that would otherwise each compute them)."""
-        wanted: dict[int, tuple[ImageDataset, set[int]]] = {}
+        wanted: dict[int, tuple[ImageDataset, list[np.ndarray]]] = {}  # full dataset -> the rows asked for there
         for dataset in datasets:
             root, rows = _root_rows(dataset)
-            wanted.setdefault(id(root), (root, set()))[1].update(rows.tolist())
-        parts = [root.subset(todo[i:i + chunk]) for root, rows in wanted.values()
-                 for todo in [self._missing("features", root, np.array(sorted(rows), dtype=np.int64))]
-                 for i in range(0, len(todo), chunk)]
+            wanted.setdefault(id(root), (root, []))[1].append(rows)
+        parts = []
+        for root, rows in wanted.values():
+            todo = self._missing("features", root, np.concatenate(rows))  # distinct and sorted
+            parts += [root.subset(todo[i:i + chunk]) for i in range(0, len(todo), chunk)]
         computed = parallel.map_units(lambda part: (self.inputs(part), self.pretrained_features(part)), parts,
                                       desc=f"trunk cache ({sum(map(len, parts))} images)")
         for part, (tokens, features) in zip(parts, computed):
