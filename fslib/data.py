@@ -103,9 +103,16 @@ class ImageDataset:
         else:
             images = [self.images[i] for i in indices]
         digest = hashlib.sha1(indices.tobytes()).hexdigest()[:12]
-        root, root_indices = (self.parent, self.parent_indices[indices]) if self.parent is not None else (self, indices)
+        root, rows = self.in_full_dataset()
         return replace(self, split=split or self.split, labels=self.labels[indices], images=images,
-                       source_id=f"{self.source_id}|subset:{digest}", parent=root, parent_indices=root_indices)
+                       source_id=f"{self.source_id}|subset:{digest}", parent=root, parent_indices=rows[indices])
+
+    def in_full_dataset(self) -> tuple["ImageDataset", np.ndarray]:
+        """The full dataset behind this one (itself, unless a subset: a subset's parent is always a full dataset)
+        and this one's rows there."""
+        if self.parent is None:
+            return self, np.arange(len(self))
+        return self.parent, np.asarray(self.parent_indices, dtype=np.int64)
 
     def fingerprint(self) -> str:
         """A content hash of images, labels and class names: the dataset part of the cache key. Computed once

@@ -125,13 +125,6 @@ def class_token_attention(attn: nn.MultiheadAttention, params: dict[str, torch.T
     return out + params["out_proj.bias"] if "out_proj.bias" in params else out
 
 
-def _root_rows(dataset: ImageDataset) -> tuple[ImageDataset, np.ndarray]:
-    """The full dataset behind ``dataset`` and ``dataset``'s rows in it (a subset's parent is always a full one)."""
-    if dataset.parent is None:
-        return dataset, np.arange(len(dataset))
-    return dataset.parent, np.asarray(dataset.parent_indices, dtype=np.int64)
-
-
 _REGION_INPUTS = memory_cache()  # this process's cached trunk outputs, shared by every region (bounded by bytes)
 
 
@@ -202,7 +195,7 @@ class ExpertRegion:
         (before it forks workers that would otherwise each compute them)."""
         wanted: dict[int, tuple[ImageDataset, list[np.ndarray]]] = {}  # full dataset -> the rows asked for there
         for dataset in datasets:
-            root, rows = _root_rows(dataset)
+            root, rows = dataset.in_full_dataset()
             wanted.setdefault(id(root), (root, []))[1].append(rows)
         parts = []
         for root, rows in wanted.values():
@@ -230,7 +223,7 @@ class ExpertRegion:
     def _per_image(self, kind: str, dataset: ImageDataset, compute: Callable[[ImageDataset], torch.Tensor]) -> torch.Tensor:
         """Rows of a per-image table (``kind``) of the full dataset behind ``dataset``, calling ``compute`` on the
         images not cached yet only: an episode's test split is sampled, so most of its images are never encoded."""
-        root, rows = _root_rows(dataset)
+        root, rows = dataset.in_full_dataset()
         todo = self._missing(kind, root, rows)
         if len(todo):
             part = root.subset(todo)
@@ -251,7 +244,7 @@ class ExpertRegion:
     def _store(self, kind: str, part: ImageDataset, values: torch.Tensor) -> None:
         """Add the rows of ``part`` (a subset of a full dataset) not cached yet to that dataset's ``kind`` table:
         ``(position, rows)``, where ``position`` maps an image of the full dataset to its row (-1: none yet)."""
-        root, rows = _root_rows(part)
+        root, rows = part.in_full_dataset()
         key = self._table_key(kind, root)
         position, table = _REGION_INPUTS.get(key) or (torch.full((len(root),), -1), values[:0])
         fresh = position[torch.as_tensor(rows)] < 0
