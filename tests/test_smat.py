@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from fslib.features import preprocess_images
 from fslib.fewshot import EpisodeSampler
 from fslib.methods.smat import (_REGION_INPUTS, SMAT, ExpertRegion, SparseInterpolatedExperts, hard_concrete, is_open,
-                                make_benchmark, meta_train, novel_class_split, task_tensors)
+                                make_benchmark, meta_train, novel_class_split, stack_tasks, task_tensors)
 from tests.conftest import make_dataset
 
 
@@ -76,6 +76,26 @@ def test_gradients_reach_delta_masks_and_router(random_clip, episode):
                             pretrained_teacher=True).backward()
     assert experts.delta.grad.abs().sum() > 0 and experts.log_alpha.grad.abs().sum() > 0
     assert experts.router.skills.grad.abs().sum() > 0 and experts.router.keys.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("blocks", [1, None])
+def test_tasks_side_by_side_give_each_task_what_it_gets_alone(random_clip, episode, blocks):
+    """A meta-batch's tasks run in one batched pass (vmap); no task's loss or gradient sees another's."""
+    experts = SparseInterpolatedExperts(random_clip, "dense", blocks=blocks)
+    other = EpisodeSampler([make_dataset(4, 6, seed=1)], n_way=3, k_shot=2, q_query=2, seed=1).sample()
+    tasks = [task_tensors(experts.region, e) for e in (episode, other)]
+    thetas = (experts.pre + 1e-3 * torch.randn(2, len(experts.pre), generator=torch.Generator().manual_seed(0))).requires_grad_()
+    options = dict(inner_lr=1e-3, teacher_lr=5e-3, kd_weight=0.25, kd_temperature=2.0, pretrained_teacher=True)
+    together = experts.tasks_loss(stack_tasks(tasks), thetas, **options)
+    (grad_together,) = torch.autograd.grad(together.sum(), [thetas])
+    for i, task in enumerate(tasks):
+        theta = thetas[i:i + 1].detach().requires_grad_()
+        alone = experts.tasks_loss(stack_tasks([task]), theta, **options)
+        torch.testing.assert_close(together[i:i + 1], alone, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad_together[i:i + 1], torch.autograd.grad(alone.sum(), [theta])[0], rtol=1e-4, atol=1e-7)
+    shorter = EpisodeSampler([make_dataset(4, 6, seed=1)], n_way=3, k_shot=1, q_query=2, seed=1).sample()
+    with pytest.raises(ValueError, match="must share their ways, shots and queries"):
+        stack_tasks([tasks[0], task_tensors(experts.region, shorter)])
 
 
 @pytest.mark.parametrize("tau", [0.5, 0.9])

@@ -32,14 +32,16 @@ applied functionally (``torch.func.functional_call``), so the frozen tower is ne
 ``blocks`` residual blocks (plus the final LayerNorm and projection); the tokens entering them are
 computed once per image and cached, and only the expert blocks run per task. The last block is run for
 the class token alone (the only token the pooled feature reads), with the attention's key and value
-projections folded into the query, which gives the same numbers as the full block at a fraction of the
-cost. ``blocks=None`` keeps the whole tower (the paper's setting, for GPU users).
+projections and its LayerNorm's affine folded into the query, which gives the same numbers as the full
+block at a fraction of the cost. A meta-batch's tasks run side by side (``torch.func.vmap``), each at its
+own weights. ``blocks=None`` keeps the whole tower (the paper's setting, for GPU users).
 """
 from __future__ import annotations
 
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -89,13 +91,19 @@ def expected_density(log_alpha: torch.Tensor) -> torch.Tensor:
 
 
 def prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class means of (normalised) features: (C, D)."""
+    """Class means of (normalised) features: (..., C, D) from (..., n, D) and labels (..., n)."""
     one_hot = F.one_hot(labels, num_classes).to(features.dtype)
-    return (one_hot.T @ features) / one_hot.sum(0)[:, None]
+    return (one_hot.transpose(-1, -2) @ features) / one_hot.sum(-2)[..., None]
 
 
 def cosine_logits(features: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-    return COSINE_SCALE * F.normalize(features, dim=-1) @ F.normalize(protos, dim=-1).T
+    """PMF's cosine classifier: (..., n, C) from features (..., n, D) and prototypes (..., C, D)."""
+    return COSINE_SCALE * F.normalize(features, dim=-1) @ F.normalize(protos, dim=-1).transpose(-1, -2)
+
+
+def task_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each task's mean cross-entropy over its images, (B,), from logits (B, n, C) and labels (B, n)."""
+    return F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(1)
 
 
 # -- where the experts live ------------------------------------------------------------------------
@@ -103,22 +111,28 @@ def _sub(params: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
-def class_token_attention(attn: nn.MultiheadAttention, params: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-    """Multi-head self-attention output for token 0 only, (B, W), from normalised tokens (B, T, W).
+def class_token_attention(attn: nn.MultiheadAttention, params: dict[str, torch.Tensor], standardised: torch.Tensor,
+                          scale: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """Multi-head self-attention output for token 0 only, (B, W), from tokens standardised by the block's
+    LayerNorm, x̂ (B, T, W), and that LayerNorm's affine: the attention reads ``scale ⊙ x̂_t + shift``.
 
-    The score of token t is ``q_h · (W_k,h x_t + b_k,h)``; its bias term is the same for every t, so the
-    softmax drops it, and ``q_h · W_k,h x_t = (W_k,hᵀ q_h) · x_t``. Likewise ``Σ_t a_t (W_v x_t + b_v) =
-    W_v (Σ_t a_t x_t) + b_v``. So no key or value is projected: O(T·W) per head instead of O(T·W²).
+    The score of token t is ``q_h · (W_k,h (s ⊙ x̂_t + c) + b_k,h)``; every term but the first is the same
+    for every t, so the softmax drops it, and ``q_h · W_k,h (s ⊙ x̂_t) = ((W_k,hᵀ q_h) ⊙ s) · x̂_t``. Likewise,
+    as the weights a_t sum to one, ``Σ_t a_t (W_v (s ⊙ x̂_t + c) + b_v) = W_v (s ⊙ Σ_t a_t x̂_t + c) + b_v``.
+    So no key or value is projected and no token but the first is normalised with the weights: O(T·W) per
+    head instead of O(T·W²), and the per-token work reads x̂ alone, which the weights do not change.
     """
-    heads, width = attn.num_heads, tokens.shape[-1]
+    heads, width = attn.num_heads, standardised.shape[-1]
     head_dim = width // heads
     w_q, w_k, w_v = params["in_proj_weight"].chunk(3)
     bias = params.get("in_proj_bias")
     b_q, b_v = (bias.chunk(3)[0], bias.chunk(3)[2]) if bias is not None else (0.0, 0.0)
-    query = (tokens[:, 0] @ w_q.T + b_q).view(-1, heads, head_dim) / math.sqrt(head_dim)
-    key_query = torch.einsum("bhd,hdw->bhw", query, w_k.view(heads, head_dim, width))
-    weights = torch.softmax(torch.einsum("bhw,btw->bht", key_query, tokens), dim=-1)
-    context = torch.einsum("bht,btw->bhw", weights, tokens)
+    shift = 0.0 if shift is None else shift
+    first = standardised[:, 0] * scale + shift
+    query = (first @ w_q.T + b_q).view(-1, heads, head_dim) / math.sqrt(head_dim)
+    key_query = torch.einsum("bhd,hdw->bhw", query, w_k.view(heads, head_dim, width)) * scale
+    weights = torch.softmax(torch.einsum("bhw,btw->bht", key_query, standardised), dim=-1)
+    context = torch.einsum("bht,btw->bhw", weights, standardised) * scale + shift
     values = torch.einsum("bhw,hdw->bhd", context, w_v.view(heads, head_dim, width))
     values = values + (b_v.view(heads, head_dim) if bias is not None else 0.0)
     out = values.reshape(-1, width) @ params["out_proj.weight"].T
@@ -151,6 +165,7 @@ class ExpertRegion:
         last = resblocks[-1]
         # the class-token shortcut needs a plain pre-LN block and class-token pooling (open_clip's ViTs)
         self.class_token_only = (isinstance(last.attn, nn.MultiheadAttention) and isinstance(last.ls_1, nn.Identity)
+                                 and isinstance(last.ln_1, nn.LayerNorm) and last.ln_1.elementwise_affine
                                  and isinstance(last.ls_2, nn.Identity) and not hasattr(last, "ln_attn")
                                  and getattr(visual, "pool_type", "tok") == "tok")
         self.shapes = [p.shape for n, p in visual.named_parameters() if n in self.names]
@@ -277,8 +292,8 @@ class ExpertRegion:
         ln_post = lambda t: functional_call(self.visual.ln_post, _sub(params, "ln_post."), (t,))
         if self.class_token_only:
             block, p = resblocks[last], _sub(params, f"transformer.resblocks.{last}.")
-            normed = functional_call(block.ln_1, _sub(p, "ln_1."), (x,))
-            cls = x[:, 0] + class_token_attention(block.attn, _sub(p, "attn."), normed)
+            standardised = F.layer_norm(x, x.shape[-1:], eps=block.ln_1.eps)
+            cls = x[:, 0] + class_token_attention(block.attn, _sub(p, "attn."), standardised, p["ln_1.weight"], p.get("ln_1.bias"))
             pooled = ln_post(cls + functional_call(block.mlp, _sub(p, "mlp."), (functional_call(block.ln_2, _sub(p, "ln_2."), (cls,)),)))
         elif getattr(self.visual, "final_ln_after_pool", False):  # open_clip's VisionTransformer._pool, without attention pooling
             pooled = ln_post(self.visual._global_pool(x)[0])
@@ -298,6 +313,17 @@ class TaskTensors:
     num_classes: int
     support_pre: torch.Tensor  # θ_pre features, for the router and the pretrained teacher
     query_pre: torch.Tensor
+
+
+def stack_tasks(tasks: Sequence[TaskTensors]) -> TaskTensors:
+    """B tasks of the same shape (ways, shots, queries) as one, each field with a leading task dimension."""
+    shapes = {(t.num_classes, t.support.shape, t.query.shape) for t in tasks}
+    if len(shapes) != 1:
+        raise ValueError(f"the tasks of a meta-batch must share their ways, shots and queries; got (ways, support shape, "
+                         f"query shape) {sorted(shapes, key=str)}")
+    stacked = {field: torch.stack([getattr(t, field) for t in tasks]) for field in
+               ("support", "support_labels", "query", "query_labels", "support_pre", "query_pre")}
+    return TaskTensors(num_classes=tasks[0].num_classes, **stacked)
 
 
 def task_tensors(region: ExpertRegion, episode: Episode) -> TaskTensors:
@@ -459,54 +485,68 @@ class SparseInterpolatedExperts(nn.Module):
     def meta_batch_loss(self, tasks: Sequence[TaskTensors], inner_lr: float, teacher_lr: float, kd_weight: float,
                         kd_temperature: float, pretrained_teacher: bool) -> torch.Tensor:
         """Mean meta-training loss of a meta-batch of tasks (notes §2.6). The training masks are computed once
-        (they change only at an update) and every task's weights in one product: Θ = θ_pre + (A Zᵀ) ⊙ θ_δ.
+        (they change only at an update) and every task's weights in one product: Θ = θ_pre + (A Zᵀ) ⊙ θ_δ; the
+        tasks then run side by side (:meth:`tasks_loss`).
 
         Under several processes this rank returns its share of the sum (:func:`fslib.distributed.shard`); the
         router's gates are drawn for the whole batch on every rank, so the random stream and the gates are
         those of one process, and the router penalty is counted on rank 0 only."""
         mine = distributed.shard(tasks)
-        if not self.routed:
-            return sum((self.task_loss(tasks[i], self.task_params(None), inner_lr, teacher_lr, kd_weight, kd_temperature, pretrained_teacher)
-                        for i in mine), self.delta.new_zeros(())) / len(tasks)
-        gates = [self.gates(t.support_pre, t.support_labels, t.num_classes, True) for t in tasks]
-        alphas = torch.stack([alpha for alpha, _ in gates])
-        # unbound, not indexed: indexing would give each task's gradient back as a zero (B, N) table with one row set
-        thetas = (self.pre + (alphas @ self.masks(training=True).T) * self.delta).unbind(0)
-        router_penalty = 1e-4 * torch.stack([logits.pow(2).mean() for _, logits in gates]).sum() if distributed.is_main() else 0.0
-        return (sum((self.task_loss(tasks[i], thetas[i], inner_lr, teacher_lr, kd_weight, kd_temperature, pretrained_teacher)
-                     for i in mine), self.delta.new_zeros(())) + router_penalty) / len(tasks)
+        router_penalty = 0.0
+        if self.routed:
+            gates = [self.gates(t.support_pre, t.support_labels, t.num_classes, True) for t in tasks]
+            alphas = torch.stack([alpha for alpha, _ in gates])[mine]
+            thetas = self.pre + (alphas @ self.masks(training=True).T) * self.delta
+            if distributed.is_main():
+                router_penalty = 1e-4 * torch.stack([logits.pow(2).mean() for _, logits in gates]).sum()
+        else:
+            thetas = self.task_params(None).expand(len(mine), -1)  # one set of weights, every task's copy
+        loss = self.tasks_loss(stack_tasks([tasks[i] for i in mine]), thetas, inner_lr, teacher_lr, kd_weight,
+                               kd_temperature, pretrained_teacher).sum() if mine else self.delta.new_zeros(())
+        return (loss + router_penalty) / len(tasks)
 
-    def task_loss(self, task: TaskTensors, theta: torch.Tensor, inner_lr: float, teacher_lr: float,
-                  kd_weight: float, kd_temperature: float, pretrained_teacher: bool) -> torch.Tensor:
-        """Meta-training loss of one task at its weights θ_i (notes §2.6), first order."""
-        x_s, y_s, x_q, y_q, num_classes = task.support, task.support_labels, task.query, task.query_labels, task.num_classes
-        support_features = self.features(theta, x_s)
+    def batched_features(self, thetas: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """:meth:`features` of B tasks side by side, each at its own weights: (B, N) and (B, n, ...) -> (B, n, D).
+
+        Where torch has no batched rule for an operation (the fused attention of whole blocks on a CPU), vmap
+        runs it task by task, as the unbatched code would; its warning says no more than that."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule")
+            return torch.func.vmap(self.features)(thetas, inputs)
+
+    def tasks_loss(self, tasks: TaskTensors, thetas: torch.Tensor, inner_lr: float, teacher_lr: float,
+                   kd_weight: float, kd_temperature: float, pretrained_teacher: bool) -> torch.Tensor:
+        """Meta-training loss of each of B stacked tasks (:func:`stack_tasks`) at its weights θ_i, (B,) (notes
+        §2.6), first order. The tasks share no weights, so the gradient of their summed loss with respect to
+        the (B, N) weights holds each task's own gradient in its row."""
+        x_s, y_s, x_q, y_q, num_classes = tasks.support, tasks.support_labels, tasks.query, tasks.query_labels, tasks.num_classes
+        support_features = self.batched_features(thetas, x_s)
         protos = prototypes(support_features, y_s, num_classes)
         head = protos.detach().requires_grad_()
-        inner_loss = F.cross_entropy(cosine_logits(support_features, head), y_s)
-        grad_theta, grad_head = torch.autograd.grad(inner_loss, [theta, head], retain_graph=True)
-        adapted = theta - inner_lr * grad_theta
+        inner_loss = task_cross_entropy(cosine_logits(support_features, head), y_s).sum()
+        grad_thetas, grad_head = torch.autograd.grad(inner_loss, [thetas, head], retain_graph=True)
+        adapted = thetas - inner_lr * grad_thetas
         adapted_head = protos - inner_lr * grad_head  # first-order: the head keeps its path to θ_i
-        student = cosine_logits(self.features(adapted, x_q), adapted_head)
-        loss = (1 - kd_weight) * F.cross_entropy(student, y_q)
+        student = cosine_logits(self.batched_features(adapted, x_q), adapted_head)
+        loss = (1 - kd_weight) * task_cross_entropy(student, y_q)
         if kd_weight > 0:
             teachers = [self._dense_teacher(adapted, adapted_head, x_q, y_q, teacher_lr)]
             if pretrained_teacher:
-                teachers.append(cosine_logits(task.query_pre, prototypes(task.support_pre, y_s, num_classes)))
+                teachers.append(cosine_logits(tasks.query_pre, prototypes(tasks.support_pre, y_s, num_classes)))
             log_student = F.log_softmax(student / kd_temperature, -1)
-            loss = loss + kd_weight * kd_temperature**2 / 2 * sum(
-                F.kl_div(log_student, F.log_softmax(t / kd_temperature, -1), log_target=True, reduction="batchmean")
-                for t in teachers)
+            loss = loss + kd_weight * kd_temperature**2 / 2 * sum(  # KL per task, averaged over its queries
+                F.kl_div(log_student, F.log_softmax(t / kd_temperature, -1), log_target=True, reduction="none").sum((1, 2))
+                / y_q.shape[1] for t in teachers)
         return loss
 
     def _dense_teacher(self, adapted, head, x_q, y_q, lr) -> torch.Tensor:
-        """Query logits of a dense task teacher: one SGD step on the query set from θ_i' (the official count)."""
+        """Query logits of each task's dense teacher: one SGD step on its query set from θ_i' (the official count)."""
         teacher = adapted.detach().requires_grad_()
         head = head.detach()
-        loss = F.cross_entropy(cosine_logits(self.features(teacher, x_q), head), y_q)
+        loss = task_cross_entropy(cosine_logits(self.batched_features(teacher, x_q), head), y_q).sum()
         (grad,) = torch.autograd.grad(loss, [teacher])
         with torch.no_grad():
-            return cosine_logits(self.features(teacher - lr * grad, x_q), head)
+            return cosine_logits(self.batched_features(teacher - lr * grad, x_q), head)
 
     def sparsity_penalty(self) -> torch.Tensor:
         """Σ_m λ_m (E[L0]_m - (1 - τ)): its gradient reaches ``log α`` only (λ is a constant here)."""
@@ -531,22 +571,31 @@ class SparseInterpolatedExperts(nn.Module):
         official mask learning rate one update can close thousands of entries at once. So for every expert
         that was at or above 1 - τ before the update and is below it (by more than ``tolerance``) after, the
         update is scaled by the largest t in [0, 1] (bisection) that keeps its density at 1 - τ. Returns the
-        experts' densities after settling."""
+        experts' densities after settling.
+
+        ``old + t · step`` is monotone in t (float rounding included), so an entry open, or closed, at both
+        t = 0 and t = 1 is so at every t: the bisection probes only the entries that cross, a few thousand of
+        the column's N, and counts the rest once."""
         target = 1 - self.sparsity
         after = self.density()
         overshot = torch.nonzero((before_density >= target) & (after < target - tolerance)).flatten().tolist()
         for m in overshot:
-            old = before[:, m].contiguous()  # a column of the (N, M) table: made contiguous once, not per probe
+            old = before[:, m]
             step = self.log_alpha[:, m] - old
+            open_before, open_after = is_open(old), is_open(old + 1.0 * step)
+            crossing = torch.nonzero(open_before != open_after).flatten()
+            needed = target * len(old) - int(torch.count_nonzero(open_before & open_after))
+            old_crossing, step_crossing = old[crossing], step[crossing]
             keep, drop = 0.0, 1.0
             for _ in range(12):
                 t = (keep + drop) / 2
-                if torch.count_nonzero(is_open(old + t * step)) >= target * len(old):
+                if int(torch.count_nonzero(is_open(old_crossing + t * step_crossing))) >= needed:
                     keep = t
                 else:
                     drop = t
             self.log_alpha[:, m] = old + keep * step
-        return self.density() if overshot else after
+            after[m] = is_open(self.log_alpha[:, m]).float().mean().cpu()  # the only column that changed
+        return after
 
 
 def _rebuild_experts(clip: Clip, region: ExpertRegion, init_args: tuple, state: dict, record: dict,
