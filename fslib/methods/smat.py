@@ -55,7 +55,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from fslib import distributed, parallel
 from fslib.data import ImageDataset, load_dataset
-from fslib.evaluation import evaluate
+from fslib.evaluation import accuracy
 from fslib.features import memory_cache, pixel_batches, preprocess_images
 from fslib.fewshot import Episode, EpisodeSampler, fixed_test_sample, restrict_classes
 from fslib.methods.base import Images, Method
@@ -462,12 +462,13 @@ class SparseInterpolatedExperts(nn.Module):
         return gate / (gate.sum() + 1e-8), logits
 
     def task_params(self, alpha: torch.Tensor | None) -> torch.Tensor:
-        """Test-time θ_i = θ_pre + (Σ_m α_m z_m) ⊙ θ_δ, flat (θ_pre + θ_δ for dense meta-tuning)."""
+        """Test-time θ_i = θ_pre + (Σ_m α_m z_m) ⊙ θ_δ, flat (N,) for one task's α (M,), or (E, N) for E tasks'
+        (E, M) (θ_pre + θ_δ for dense meta-tuning)."""
         if self.mode == "none":
             return self.pre
         if self.mode == "dense":
             return self.pre + self.delta
-        return self.pre + (self.masks(training=False) @ alpha) * self.delta
+        return self.pre + (alpha @ self.masks(training=False).T) * self.delta
 
     def density(self, merged: bool = False) -> torch.Tensor:
         """Share of entries open at test, per expert (M,), or of the merged mask (the experts' union)."""
@@ -704,64 +705,18 @@ class SMAT(Method):
             raise ValueError(f"unknown finetune {finetune!r}; allowed: {', '.join(FINETUNE_MODES)}")
         self.experts, self.finetune, self.steps, self.lr, self.lora_rank, self.seed = experts, finetune, steps, lr, lora_rank, seed
         self.name = name or f"{experts.mode}{'' if finetune == 'none' else ' +' + finetune}"
-        self.params: dict[str, torch.Tensor] = {}
-        self.alpha: torch.Tensor | None = None
+        self.params: torch.Tensor | None = None  # θ_i, flat (N,), after fit
         self.protos: torch.Tensor | None = None
 
     def fit(self, support: ImageDataset) -> "SMAT":
         self._remember(support)
-        region = self.experts.region
-        inputs = region.inputs(support).to(self.clip.device)
-        labels = torch.as_tensor(support.labels, device=self.clip.device)
-        with torch.no_grad():
-            self.alpha = (self.experts.gates(region.pretrained_features(support).to(self.clip.device), labels, support.num_classes,
-                                             False)[0] if self.experts.routed else None)
-            params = self.experts.task_params(self.alpha).detach()
-        if self.finetune != "none" and self.steps > 0 and self.lr > 0:
-            params = self._fine_tune(params, inputs, labels, support.num_classes)
-        self.params = params
-        with torch.no_grad():
-            self.protos = prototypes(self.experts.features(params, inputs), labels, support.num_classes)
+        region, device = self.experts.region, self.clip.device
+        labels = torch.as_tensor(support.labels, device=device)
+        params, protos = adapt_to_tasks(self.experts, region.inputs(support).to(device)[None], labels[None],
+                                        region.pretrained_features(support).to(device)[None], support.num_classes,
+                                        self.finetune, self.steps, self.lr, self.lora_rank, self.seed)
+        self.params, self.protos = params[0], protos[0]
         return self
-
-    def _fine_tune(self, params, inputs, labels, num_classes):
-        torch.manual_seed(self.seed)
-        if self.finetune == "full":
-            trainable = params.clone().requires_grad_()
-            weights = lambda: trainable
-            opt_params = [trainable]
-        else:  # LoRA on the query and value projections of every attention block in the region
-            named = self.experts.region.unflatten(params)
-            lora = {}
-            for k, v in named.items():
-                if k.endswith("attn.in_proj_weight"):
-                    dim = v.shape[1]
-                    for part in ("q", "v"):
-                        down = torch.randn(self.lora_rank, dim) / math.sqrt(dim)  # CPU draw: same on any device
-                        lora[f"{k}:{part}"] = (nn.Parameter(down.to(v.device)),
-                                               nn.Parameter(torch.zeros(dim, self.lora_rank, device=v.device)))
-
-            def weights():
-                out = dict(named)
-                for k, v in named.items():
-                    if k.endswith("attn.in_proj_weight"):
-                        dim = v.shape[1]
-                        (aq, bq), (av, bv) = lora[f"{k}:q"], lora[f"{k}:v"]
-                        out[k] = v + torch.cat([bq @ aq, torch.zeros(dim, dim, device=v.device), bv @ av])
-                return out
-            opt_params = [p for pair in lora.values() for p in pair]
-        optimizer = make_optimizer(opt_params, "adamw", self.lr, weight_decay=0.01)  # torch's AdamW default decay
-        scaler = grad_scaler(self.clip.device)
-        for _ in range(self.steps):
-            with autocast(self.clip.device):
-                features = self.experts.features(weights(), inputs)
-                loss = F.cross_entropy(cosine_logits(features, prototypes(features, labels, num_classes)), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        final = weights()
-        return final.detach() if isinstance(final, torch.Tensor) else torch.cat([v.detach().flatten() for v in final.values()])
 
     @torch.no_grad()
     def logits(self, images: Images, classnames: Sequence[str] | None = None) -> torch.Tensor:
@@ -773,6 +728,66 @@ class SMAT(Method):
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.experts.parameters())
+
+
+def adapt_to_tasks(experts: SparseInterpolatedExperts, inputs: torch.Tensor, labels: torch.Tensor, support_pre: torch.Tensor,
+                   num_classes: int, finetune: str = "none", steps: int = 10, lr: float = 1e-4, lora_rank: int = 8,
+                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test-time weights (E, N) and ProtoNet prototypes (E, C, D) of E support sets side by side (notes §2.8):
+    region inputs (E, S, ...), labels (E, S) and θ_pre features (E, S, D). Each set gets θ_i from its router
+    gates and, for ``finetune`` ``"full"`` or ``"lora"``, ``steps`` AdamW steps on its own cross-entropy from
+    θ_i (``lr = 0``: none). AdamW acts element by element and the sets share no weights, so stepping the
+    stacked weights on the summed loss steps each set as if it were alone (:class:`SMAT` fits one, E = 1)."""
+    with torch.no_grad():
+        if experts.routed:
+            alphas = torch.stack([experts.gates(pre, y, num_classes, False)[0] for pre, y in zip(support_pre, labels)])
+            params = experts.task_params(alphas)
+        else:
+            params = experts.task_params(None).expand(len(inputs), -1)
+    if finetune != "none" and steps > 0 and lr > 0:
+        params = _fine_tune(experts, params, inputs, labels, num_classes, finetune, steps, lr, lora_rank, seed)
+    with torch.no_grad():
+        return params, prototypes(experts.batched_features(params, inputs), labels, num_classes)
+
+
+def _fine_tune(experts: SparseInterpolatedExperts, params: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
+               num_classes: int, finetune: str, steps: int, lr: float, lora_rank: int, seed: int) -> torch.Tensor:
+    """:func:`adapt_to_tasks`' AdamW steps: on all of each set's weights, or on LoRA factors of every attention
+    block's query and value projections (the same initial draw for every set, as one fit after another would get)."""
+    torch.manual_seed(seed)
+    if finetune == "full":
+        trainable = params.clone().requires_grad_()
+        weights = lambda: trainable
+        opt_params = [trainable]
+    else:
+        region, sets = experts.region, len(params)
+        sizes = [math.prod(shape) for shape in region.shapes]
+        lora = {}  # position of an in_proj_weight in the flat layout -> ((A_q, B_q), (A_v, B_v)), each (E, ...)
+        for i, (name, shape) in enumerate(zip(region.names, region.shapes)):
+            if name.endswith("attn.in_proj_weight"):
+                dim = shape[1]
+                lora[i] = tuple((nn.Parameter((torch.randn(lora_rank, dim) / math.sqrt(dim))  # CPU draw: same on any device
+                                              .to(params.device).expand(sets, -1, -1).clone()),
+                                 nn.Parameter(params.new_zeros(sets, dim, lora_rank))) for _ in ("q", "v"))
+
+        def weights():
+            pieces = list(params.split(sizes, dim=1))
+            for i, ((a_q, b_q), (a_v, b_v)) in lora.items():
+                zeros = params.new_zeros(sets, b_q.shape[1], b_q.shape[1])
+                pieces[i] = pieces[i] + torch.cat([b_q @ a_q, zeros, b_v @ a_v], dim=1).flatten(1)
+            return torch.cat(pieces, dim=1)
+        opt_params = [p for pair in lora.values() for factors in pair for p in factors]
+    optimizer = make_optimizer(opt_params, "adamw", lr, weight_decay=0.01)  # torch's AdamW default decay
+    scaler = grad_scaler(experts.clip.device)  # fp16 only: an overflow in one set skips the step for all of them
+    for _ in range(steps):
+        with autocast(experts.clip.device):
+            features = experts.batched_features(weights(), inputs)
+            loss = task_cross_entropy(cosine_logits(features, prototypes(features, labels, num_classes)), labels).sum()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return weights().detach()
 
 
 # -- analyses --------------------------------------------------------------------------------------
@@ -859,13 +874,21 @@ def make_benchmark(id_datasets: Sequence[str], ood_datasets: Sequence[str], n_wa
 
 def evaluate_experts(experts: SparseInterpolatedExperts, episodes: dict[str, list[Episode]], label: str,
                      finetune: str = "none", steps: int = 5, lr: float = 0.0) -> list[dict]:
-    """Query accuracy per episode of every dataset, without or with test-time fine-tuning."""
+    """Query accuracy per episode of every dataset, without or with test-time fine-tuning: what :class:`SMAT`
+    fitted on each episode scores, with a dataset's episodes side by side (:func:`adapt_to_tasks`), 25 at a
+    time from the cached trunk and one at a time through the whole tower (its activations are large)."""
+    chunk = 25 if experts.region.blocks is not None else 1
     rows = []
     for dataset, tasks in episodes.items():
-        for t, ep in enumerate(tasks):
-            method = SMAT(experts.clip, experts, finetune=finetune, steps=steps, lr=lr).fit(ep.support)
-            rows.append({"variant": label, "finetune": finetune, "dataset": dataset, "task": t,
-                         "accuracy": evaluate(method, ep.query)})
+        for start in range(0, len(tasks), chunk):
+            part = stack_tasks([task_tensors(experts.region, ep) for ep in tasks[start:start + chunk]])
+            params, protos = adapt_to_tasks(experts, part.support, part.support_labels, part.support_pre, part.num_classes,
+                                            finetune, steps, lr)
+            with torch.no_grad():
+                logits = cosine_logits(experts.batched_features(params, part.query), protos)
+            rows += [{"variant": label, "finetune": finetune, "dataset": dataset, "task": start + i,
+                      "accuracy": accuracy(task_logits, task_labels)}
+                     for i, (task_logits, task_labels) in enumerate(zip(logits, part.query_labels))]
     return rows
 
 
