@@ -319,7 +319,7 @@ def stack_tasks(tasks: Sequence[TaskTensors]) -> TaskTensors:
     """B tasks of the same shape (ways, shots, queries) as one, each field with a leading task dimension."""
     shapes = {(t.num_classes, t.support.shape, t.query.shape) for t in tasks}
     if len(shapes) != 1:
-        raise ValueError(f"the tasks of a meta-batch must share their ways, shots and queries; got (ways, support shape, "
+        raise ValueError(f"tasks run side by side must share their ways, shots and queries; got (ways, support shape, "
                          f"query shape) {sorted(shapes, key=str)}")
     stacked = {field: torch.stack([getattr(t, field) for t in tasks]) for field in
                ("support", "support_labels", "query", "query_labels", "support_pre", "query_pre")}
@@ -461,14 +461,14 @@ class SparseInterpolatedExperts(nn.Module):
             gate = torch.sigmoid(logits / temperature)
         return gate / (gate.sum() + 1e-8), logits
 
-    def task_params(self, alpha: torch.Tensor | None) -> torch.Tensor:
-        """Test-time θ_i = θ_pre + (Σ_m α_m z_m) ⊙ θ_δ, flat (N,) for one task's α (M,), or (E, N) for E tasks'
-        (E, M) (θ_pre + θ_δ for dense meta-tuning)."""
+    def task_params(self, alpha: torch.Tensor | None, training: bool = False) -> torch.Tensor:
+        """θ_i = θ_pre + (Σ_m α_m z_m) ⊙ θ_δ, flat (N,) for one task's α (M,), or (E, N) for E tasks' (E, M), with
+        the test-time masks or, ``training``, the training ones (θ_pre + θ_δ for dense meta-tuning)."""
         if self.mode == "none":
             return self.pre
         if self.mode == "dense":
             return self.pre + self.delta
-        return self.pre + (alpha @ self.masks(training=False).T) * self.delta
+        return self.pre + (alpha @ self.masks(training).T) * self.delta
 
     def density(self, merged: bool = False) -> torch.Tensor:
         """Share of entries open at test, per expert (M,), or of the merged mask (the experts' union)."""
@@ -497,7 +497,7 @@ class SparseInterpolatedExperts(nn.Module):
         if self.routed:
             gates = [self.gates(t.support_pre, t.support_labels, t.num_classes, True) for t in tasks]
             alphas = torch.stack([alpha for alpha, _ in gates])[mine]
-            thetas = self.pre + (alphas @ self.masks(training=True).T) * self.delta
+            thetas = self.task_params(alphas, training=True)
             if distributed.is_main():
                 router_penalty = 1e-4 * torch.stack([logits.pow(2).mean() for _, logits in gates]).sum()
         else:
