@@ -1,4 +1,5 @@
 """The course apparatus: exercise checks, student / solution versions, live widgets, progress bars."""
+import ast
 from pathlib import Path
 
 import matplotlib
@@ -101,6 +102,34 @@ def test_the_exercises_of_both_versions_run(kind, expected):
     printed = ["".join(o.get("text", "") for o in cell.outputs) for cell in notebook.cells]
     assert all(expected in text for text in printed), printed
     assert len(printed) == len(NOTEBOOKS)
+
+
+# -- the code shown beside the equations -------------------------------------------------------------
+def shown_code_cells(path: Path) -> list[tuple[int, str, str]]:
+    """(index, what fslib shows now, what the saved notebook shows) for each ``show_code(...)`` cell,
+    evaluated with the imports of the cells before it."""
+    source = nbformat.read(path, as_version=4)
+    namespace: dict = {}
+    shown = []
+    for index, cell in enumerate(source.cells):
+        if cell.cell_type != "code":
+            continue
+        if cell.source.startswith("show_code("):
+            saved = [o["data"]["text/plain"] for o in cell.outputs if "data" in o]
+            shown.append((index, eval(cell.source, namespace).data.rstrip("\n"), saved[0] if saved else ""))
+        imports = [node for node in ast.parse(cell.source).body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        exec(compile(ast.Module(imports, type_ignores=[]), path.name, "exec"), namespace)
+    return shown
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_saved_notebooks_show_fslib_as_it_is(path):
+    """A reader of a saved notebook sees the method's code beside its equation: that code must be fslib's
+    current source, not the one of the run that saved the outputs (re-run the cell after changing it)."""
+    cells = shown_code_cells(path)
+    assert cells, f"{path.name} shows no fslib code"
+    for index, now, saved in cells:
+        assert saved == now, f"{path.name}, cell {index}: the saved output shows an older version of the code"
 
 
 # -- live widgets ----------------------------------------------------------------------------------
