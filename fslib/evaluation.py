@@ -86,9 +86,11 @@ def select_on_validation(make_method, candidates: Sequence, train, val) -> tuple
 
     ``make_method(value)`` builds the method for one candidate value; each is fitted on ``train`` and
     scored on ``val``. Returns the best value (the first on ties) and the table of validation accuracies.
+    The candidates are units of :func:`fslib.parallel.map_units` (each method sets its own seeds).
     """
-    table = pd.DataFrame({"value": list(candidates),
-                          "val_accuracy": [evaluate(make_method(v).fit(train), val) for v in candidates]})
+    scores = parallel.map_units(lambda value: evaluate(make_method(value).fit(train), val), list(candidates),
+                                desc="validation candidates", progress=False)
+    table = pd.DataFrame({"value": list(candidates), "val_accuracy": scores})
     return table.value[table.val_accuracy.idxmax()], table
 
 

@@ -39,6 +39,7 @@ R = TypeVar("R")
 _SHARED: dict[int, Any] = {}     # id -> object, identical in the parent and its forked workers
 _REDUCED_TYPES: set[type] = set()
 _JOB: tuple[Callable, Sequence] | None = None  # what the forked workers run, inherited rather than pickled
+_IN_WORKER = False  # set in a forked worker: a unit that maps units itself runs them in order (no nested pools)
 
 
 def processes() -> int:
@@ -71,6 +72,8 @@ def _shared_object(key: int) -> Any:
 
 
 def _start_worker(threads: int) -> None:
+    global _IN_WORKER
+    _IN_WORKER = True
     torch.set_num_threads(threads)  # before any parallel region: an OpenMP pool does not survive a fork
 
 
@@ -81,12 +84,13 @@ def _run_unit(index: int) -> tuple[int, Any]:
 
 def map_units(fn: Callable[[T], R], units: Sequence[T], desc: str = "units", progress: bool = True) -> list[R]:
     """``[fn(u) for u in units]``, computed by :func:`processes` forked processes on one thread each when more than
-    one is available (in the order given, so put the longest units first), with a progress bar over units.
+    one is available (in the order given, so put the longest units first), with a progress bar over units. Called
+    inside a unit (a validation search within one seed's fit), it runs in that worker, in order.
 
     ``fn`` may be any callable, a closure included: the workers inherit it. Its results must pickle."""
     global _JOB
     count = min(processes(), len(units))
-    if count <= 1 or torch.cuda.is_initialized() or distributed.rank_and_world()[1] > 1:
+    if count <= 1 or _IN_WORKER or torch.cuda.is_initialized() or distributed.rank_and_world()[1] > 1:
         return [fn(unit) for unit in tqdm(units, desc=desc, disable=not progress, leave=False)]
     _JOB = (fn, units)
     results: list[Any] = [None] * len(units)

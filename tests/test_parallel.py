@@ -66,13 +66,13 @@ def test_trained_experts_pickle_through_their_state_dict(random_clip):
 
 
 def test_shared_drivers_in_forked_processes_equal_one_process(tmp_path, random_clip, one_and_two_processes):
-    """evaluation.base_to_new and few_shot_sweep hand their units to map_units: two one-thread processes give
-    one process's rows, in the same order."""
+    """evaluation.base_to_new, few_shot_sweep and select_on_validation hand their units to map_units: two
+    one-thread processes give one process's rows, in the same order."""
     import numpy as np
     from PIL import Image
 
     from fslib.data import load_dataset
-    from fslib.evaluation import base_to_new, few_shot_sweep
+    from fslib.evaluation import base_to_new, few_shot_sweep, select_on_validation
     from fslib.methods import LinearProbe, ZeroShot
     from fslib.methods.llu import LLU
 
@@ -86,7 +86,9 @@ def test_shared_drivers_in_forked_processes_equal_one_process(tmp_path, random_c
                  "LLU": lambda seed: LLU(random_clip, steps=5, views=2, seed=seed)}
     runs = one_and_two_processes(lambda: (
         base_to_new(factories, [path], 2, [1, 2, 3], progress=False).drop(columns="fit_seconds"),
-        few_shot_sweep(factories["LLU"], load_dataset(path, "train"), load_dataset(path, "test"), [1, 2], [1, 2], progress=False)))
+        few_shot_sweep(factories["LLU"], load_dataset(path, "train"), load_dataset(path, "test"), [1, 2], [1, 2], progress=False),
+        select_on_validation(lambda steps: LLU(random_clip, steps=steps, views=2, seed=1), [1, 3, 5],
+                             load_dataset(path, "train"), load_dataset(path, "test"))[1]))
     for one, two in zip(runs["1"], runs["2"]):
         pd.testing.assert_frame_equal(one, two)
     assert runs["1"][0][["seed", "method"]].drop_duplicates().values.tolist() == [
@@ -95,13 +97,14 @@ def test_shared_drivers_in_forked_processes_equal_one_process(tmp_path, random_c
 
 def test_apex_and_mamf_drivers_in_forked_processes_equal_one_process(random_clip, one_and_two_processes):
     """apex.base_to_new (units: dataset x seed x prompt family) and mamf.compare_strategies (units: dataset x
-    seed) give one process's rows from two one-thread processes."""
+    seed x arm x lr, zero-shot apart) give one process's rows, in the loops' order, from two one-thread processes."""
     from fslib.methods import apex, mamf
 
     def both_drivers() -> tuple:
         prompts = apex.base_to_new(random_clip, ["colors"], 1, [1, 2], epochs=1, lr=0.1, betas=[0, 4], alphas=[0.5],
                                    progress=False, test_per_class=2)
-        strategies = mamf.compare_strategies(random_clip, ["colors"], [2], 1, 2, [1, 2], {"MAMF": [(1e-4, 1)]},
+        settings = {"MAMF": [(1e-4, 0), (1e-4, 1), (1e-3, 1)], "fine-tuning (1 epoch)": [(1e-4, 1)]}
+        strategies = mamf.compare_strategies(random_clip, ["colors"], [2, 3], 1, 2, [1, 2], settings,
                                              train_per_class=2, queries=2, progress=False)
         return (*prompts[:2], strategies)
 
@@ -109,3 +112,18 @@ def test_apex_and_mamf_drivers_in_forked_processes_equal_one_process(random_clip
     for one, two in zip(runs["1"], runs["2"]):
         assert len(one) > 0
         pd.testing.assert_frame_equal(one, two)
+    order = runs["1"][-1][["seed", "n_way", "method", "lr", "adapt_epochs"]].drop_duplicates().values.tolist()
+    assert order == [[seed, n, *run] for seed in (1, 2) for n in (2, 3) for run in (
+        ["zero-shot", 0.0, 0], ["MAMF", 1e-4, 0], ["MAMF", 1e-4, 1], ["MAMF", 1e-3, 1], ["fine-tuning (1 epoch)", 1e-4, 1])]
+
+
+def test_a_unit_that_maps_units_runs_them_in_its_worker(monkeypatch):
+    """A validation search inside one seed's fit maps its candidates too: in a worker they run in order
+    (a forked worker may not fork a pool of its own)."""
+    def unit(seed: int) -> list[tuple[int, int]]:
+        return parallel.map_units(lambda k: (seed * k, os.getpid()), [1, 2, 3], progress=False)
+
+    monkeypatch.setenv("FSLIB_PROCESSES", "2")
+    nested = parallel.map_units(unit, [1, 2], progress=False)
+    assert [[v for v, _ in rows] for rows in nested] == [[1, 2, 3], [2, 4, 6]]
+    assert all(len({pid for _, pid in rows}) == 1 and os.getpid() not in {pid for _, pid in rows} for rows in nested)

@@ -345,36 +345,43 @@ def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int
     draw ``shots`` support and ``queries`` query images per class from ``split`` ("val" to choose
     settings, "test" to report): held-out images of the same classes, as in the official code (notes §4).
     Returns one row per (dataset, n_way, seed, method, lr, adapt_epochs, task) with the accuracy and the
-    arm's meta-training ``steps`` and ``images``. Each (dataset, seed) is a unit of
-    :func:`fslib.parallel.map_units`.
+    arm's meta-training ``steps`` and ``images``, in the order (dataset, seed, n, zero-shot then ``settings``).
+
+    Each (dataset, seed, arm, lr) is a unit of :func:`fslib.parallel.map_units` (zero-shot is one more per
+    (dataset, seed)): the unit meta-trains its arm once per ``n`` (once in all for an arm whose training
+    ignores ``n``) and runs its test-time settings on every ``n``'s episodes, which every unit draws alike
+    from the seed. So choosing settings on one seed still keeps both cores busy.
     """
     unknown = sorted(set(settings) - set(ARMS))
     if unknown:
         raise ValueError(f"unknown arms {unknown}; allowed: {', '.join(ARMS)}")
-    def dataset_and_seed(unit: tuple[str, int]) -> list[dict]:
-        name, seed = unit
+
+    def arm_at_lr(unit: tuple[str, int, str, float]) -> dict[tuple[int, int], list[dict]]:
+        name, seed, arm, lr = unit
         train_set, eval_set = few_shot(load_dataset(name, "train"), train_per_class, seed), load_dataset(name, split)
-        trained: dict[tuple, tuple[Clip, Budget]] = {}
-        rows = []
-        for n in n_ways:
+        adapt_epochs = [0] if arm == "zero-shot" else list(dict.fromkeys(a for l, a in settings[arm] if l == lr))
+        start, budget = clip, Budget(0, 0)
+        rows: dict[tuple[int, int], list[dict]] = {}
+        for i, n in enumerate(n_ways):
             sampler = EpisodeSampler([eval_set], n, shots, queries, seed=seed)
             episodes = [sampler.sample() for _ in range(tasks)]
-            runs = [("zero-shot", clip, Budget(0, 0), 0.0, 0)]
-            for arm, pairs in settings.items():
-                for lr, adapt_epochs in pairs:
-                    key = (arm, lr, n if ARMS[arm].per_n else None)
-                    if key not in trained:
-                        trained[key] = train_arm(clip, train_set, arm, n, lr, seed, epochs, inner_lr, inner_steps)
-                    runs.append((arm, *trained[key], lr, adapt_epochs))
-            for method, start, budget, lr, adapt_epochs in runs:
-                accs = episode_accuracies(lambda: PromptFineTune(start, adapt_epochs, lr, seed=seed), episodes, progress=False)
-                rows += [{"dataset": name, "n_way": n, "seed": seed, "method": method, "lr": lr, "adapt_epochs": adapt_epochs,
-                          "steps": budget.steps, "images": budget.images, "task": t, "accuracy": a} for t, a in enumerate(accs)]
+            if arm != "zero-shot" and (i == 0 or ARMS[arm].per_n):
+                start, budget = train_arm(clip, train_set, arm, n, lr, seed, epochs, inner_lr, inner_steps)
+            for adapt in adapt_epochs:
+                accs = episode_accuracies(lambda: PromptFineTune(start, adapt, lr, seed=seed), episodes, progress=False)
+                rows[n, adapt] = [{"dataset": name, "n_way": n, "seed": seed, "method": arm, "lr": lr, "adapt_epochs": adapt,
+                                   "steps": budget.steps, "images": budget.images, "task": t, "accuracy": a}
+                                  for t, a in enumerate(accs)]
         return rows
 
-    units = [(name, seed) for name in datasets for seed in seeds]
-    done = parallel.map_units(dataset_and_seed, units, desc=f"{split}: datasets x seeds", progress=progress)
-    return pd.DataFrame([row for rows in done for row in rows])
+    runs = [(arm, lr, adapt) for arm, pairs in settings.items() for lr, adapt in pairs]
+    trained_arms = list(dict.fromkeys((arm, lr) for arm, lr, _ in runs))
+    units = [(name, seed, arm, lr) for name in datasets for seed in seeds for arm, lr in trained_arms]
+    units += [(name, seed, "zero-shot", 0.0) for name in datasets for seed in seeds]  # the cheapest last
+    done = dict(zip(units, parallel.map_units(arm_at_lr, units, desc=f"{split}: datasets x seeds x arms", progress=progress)))
+    return pd.DataFrame([row for name in datasets for seed in seeds for n in n_ways
+                         for arm, lr, adapt in [("zero-shot", 0.0, 0), *runs]
+                         for row in done[name, seed, arm, lr][n, adapt]])
 
 
 def choose_settings(validation: pd.DataFrame) -> dict[str, tuple[float, int]]:
