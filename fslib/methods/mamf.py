@@ -359,7 +359,7 @@ def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int
     def arm_at_lr(unit: tuple[str, int, str, float]) -> dict[tuple[int, int], list[dict]]:
         name, seed, arm, lr = unit
         train_set, eval_set = few_shot(load_dataset(name, "train"), train_per_class, seed), load_dataset(name, split)
-        adapt_epochs = [0] if arm == "zero-shot" else list(dict.fromkeys(a for l, a in settings[arm] if l == lr))
+        adapt_epochs = [0] if arm == "zero-shot" else list(dict.fromkeys(a for arm_lr, a in settings[arm] if arm_lr == lr))
         start, budget = clip, Budget(0, 0)
         rows: dict[tuple[int, int], list[dict]] = {}
         for i, n in enumerate(n_ways):
