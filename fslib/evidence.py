@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import json
 import math
+import platform
+import subprocess
 from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from IPython.display import Markdown
+from IPython.display import Markdown, display
 from scipy import stats
 
 from fslib.paths import project_dir
@@ -88,8 +93,14 @@ class Verdict:
     def record(self) -> dict:
         return {"claim": self.claim.claim, "paper_ref": self.claim.paper_ref, "verdict": self.verdict,
                 "estimate": round(self.estimate, 3), "ci_low": round(self.ci_low, 3), "ci_high": round(self.ci_high, 3),
-                "margin": self.claim.margin, "n": self.n, "unit": self.claim.unit, "test": self.claim.test,
+                "margin": self.claim.margin, "direction": self.claim.direction, "quantity": self.quantity_kind,
+                "n": self.n, "unit": self.claim.unit, "test": self.claim.test,
                 "seeds_needed": self.seeds_needed, "detail": self.detail}
+
+    @property
+    def quantity_kind(self) -> str:
+        """What the estimate measures: ``"points"`` (accuracy), ``"rho"`` (a trend's Spearman ρ) or ``"share"``."""
+        return "rho" if self.claim.kind == "trend" else "points" if self.claim.units == "points" else "share"
 
     @property
     def interval(self) -> str:
@@ -117,37 +128,125 @@ class Verdict:
 
 
 def declare(notebook: str, claims: Sequence[dict]) -> dict[str, Claim]:
-    """Declare a notebook's claims before anything is computed; print them as a table.
+    """Declare a notebook's claims before anything is computed; show them as a table (rendered in HTML).
 
     ``claims`` holds keyword dicts for :class:`Claim` with a short ``key`` each; returns them by key.
     """
     declared = {spec["key"]: Claim(notebook=notebook, **{k: v for k, v in spec.items() if k != "key"}) for spec in claims}
     rows = [{"claim": c.claim, "paper": c.paper_ref, "decided by": c.test, "unit": c.unit} for c in declared.values()]
-    with pd.option_context("display.max_colwidth", 90, "display.width", 250):
-        print(pd.DataFrame(rows).to_string(index=False))
+    display(pd.DataFrame(rows).set_index("claim"))  # an HTML table in a notebook, wrapping within its columns
     return declared
 
 
-def _claims_file(notebook: str):
+def claims_file(notebook: str) -> Path:
+    """Where this run's records of ``notebook`` go: ``runs/claims/<notebook>.json``."""
     return project_dir("runs") / "claims" / f"{notebook}.json"
 
 
+_RUNS: dict[str, dict] = {}  # notebook -> provenance of the run in progress in this kernel
+
+
+def provenance(P: SimpleNamespace) -> dict:
+    """Where a run's numbers come from: date, fslib's commit, the CPU (model and the kernels torch picked),
+    the precision in force, the scale, the seeds and every parameter."""
+    from fslib import training
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=Path(__file__).parent, text=True, capture_output=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    # "+" marks a package that differs from the commit: the numbers come from uncommitted code
+    commit = (git("rev-parse", "--short", "HEAD") or "unknown") + ("+" if git("status", "--porcelain", "--", ".") else "")
+    parameters = {k: v for k, v in vars(P).items() if k != "given"}
+    return {"date": date.today().isoformat(), "commit": commit, "cpu": cpu_name(),
+            "precision": training.precision(getattr(P, "device", "cpu")), "scale": getattr(P, "scale", "paper"),
+            "seeds": list(getattr(P, "seeds", [])), "parameters": json.loads(json.dumps(parameters, default=str))}
+
+
+def cpu_name() -> str:
+    """The CPU's model name and the vector kernels torch runs on it, e.g. ``AMD EPYC (AVX2)``."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def begin(notebook: str, P: SimpleNamespace) -> None:
+    """Start ``notebook``'s run (call once, after its parameters are validated): forget the records of an
+    earlier run and note this one's provenance and scale. At the lesson scale every verdict is labelled as the
+    lesson's and printed beside the committed paper-scale verdict of the same claim (:func:`committed`)."""
+    _RUNS[notebook] = provenance(P)
+    claims_file(notebook).unlink(missing_ok=True)
+
+
 def reset_claims(notebook: str) -> None:
-    """Forget the records of an earlier run of ``notebook`` (call once at the notebook's start)."""
-    _claims_file(notebook).unlink(missing_ok=True)
+    """Forget the records of an earlier run of ``notebook`` (a run with no parameters to record)."""
+    _RUNS.pop(notebook, None)
+    claims_file(notebook).unlink(missing_ok=True)
+
+
+def read_run(path: Path) -> dict:
+    """A claims file: ``{"provenance": {...}, "claims": [records]}`` (empty if the file does not exist)."""
+    return json.loads(Path(path).read_text()) if Path(path).exists() else {"provenance": {}, "claims": []}
 
 
 def read_claims(notebook: str) -> list[dict]:
-    path = _claims_file(notebook)
-    return json.loads(path.read_text()) if path.exists() else []
+    """The records of ``notebook``'s latest run (``runs/claims/<notebook>.json``)."""
+    return read_run(claims_file(notebook))["claims"]
+
+
+RECORDS = Path(__file__).resolve().parent / "records"
+
+
+def committed_file(notebook: str, scale: str) -> Path:
+    """The committed records of ``notebook`` at ``scale``: ``fslib/records/<notebook>.<scale>.json``."""
+    return RECORDS / f"{notebook}.{scale}.json"
+
+
+def committed(notebook: str, scale: str) -> dict:
+    """The committed run of ``notebook`` at ``scale`` (provenance and claim records; empty if none)."""
+    return read_run(committed_file(notebook, scale))
+
+
+def _describe_provenance(run: Mapping) -> str:
+    p = run["provenance"]
+    seeds = ",".join(map(str, p.get("seeds", [])))
+    return f"committed {p.get('date')}, fslib {p.get('commit')}, {p.get('cpu')}, {p.get('precision')}, seeds {seeds}"
+
+
+def _beside_paper(verdict: Verdict) -> str:
+    """At the lesson scale: the lesson's label and the committed paper-scale verdict of the same claim."""
+    run = _RUNS.get(verdict.claim.notebook, {})
+    if run.get("scale") != "lesson":
+        return ""
+    paper = committed(verdict.claim.notebook, "paper")
+    record = next((r for r in paper["claims"] if r["claim"] == verdict.claim.claim), None)
+    lines = [f"    ↑ lesson scale ({verdict.n} {verdict.claim.unit}s at class size): a lesson's verdict, not the kit's finding"]
+    if record is None:
+        lines.append("    paper scale: no committed record of this claim (run the notebook at scale='paper')")
+    else:
+        lines.append(f"    paper scale: {record['verdict'].upper()} {record['estimate']:+.2f} "
+                     f"[{record['ci_low']:+.2f}, {record['ci_high']:+.2f}], n = {record['n']} ({_describe_provenance(paper)})")
+    return "\n" + "\n".join(lines)
 
 
 def _save(verdict: Verdict) -> Verdict:
-    path = _claims_file(verdict.claim.notebook)
+    path = claims_file(verdict.claim.notebook)
     path.parent.mkdir(parents=True, exist_ok=True)
     records = [r for r in read_claims(verdict.claim.notebook) if r["claim"] != verdict.claim.claim]
-    path.write_text(json.dumps(records + [verdict.record()], indent=2) + "\n")
-    print(verdict)
+    run = {"provenance": _RUNS.get(verdict.claim.notebook, {}), "claims": records + [verdict.record()]}
+    path.write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
+    print(str(verdict) + _beside_paper(verdict))
     return verdict
 
 
@@ -257,6 +356,42 @@ def decide_trend(claim: Claim, table: pd.DataFrame, y: str, x: str, group: str =
                          interval_kind="bootstrap"))
 
 
+# How far a claim's estimate and CI bounds may move between two runs of the same code and parameters before
+# the difference counts as a change in what the code computes, by kind of quantity. Calibrated from the float
+# noise between CPU kernels (docs/performance.md, "Tolerance"): fp32 on AVX2 against torch's and MKL's
+# non-vectorised kernels on the same CPU, the lesson scale of every notebook.
+TOLERANCE = {"points": 0.5, "rho": 0.25, "share": 0.02}
+
+
+def compare_runs(now: Mapping, reference: Mapping, tolerance: Mapping[str, float] = TOLERANCE) -> pd.DataFrame:
+    """One row per claim of ``reference`` (a committed run) beside ``now`` (a run of the same notebook):
+
+    ``within`` when the estimate and both CI bounds moved by at most the tolerance of their kind of quantity,
+    and the verdict word is the same, unless a CI bound of either run lies within that tolerance of the margin
+    (then float noise may tip the word, and the numbers decide). A claim missing from either run is not within.
+    """
+    rows = []
+    current = {r["claim"]: r for r in now["claims"]}
+    for ref in reference["claims"]:
+        run = current.pop(ref["claim"], None)
+        row = {"claim": ref["claim"], "committed": _short(ref), "now": _short(run) if run else "missing"}
+        if run is None:
+            rows.append({**row, "largest change": np.nan, "tolerance": np.nan, "within": False})
+            continue
+        tol = tolerance[ref.get("quantity", "points")]
+        change = max(abs(run[k] - ref[k]) for k in ("estimate", "ci_low", "ci_high"))
+        at_margin = any(abs(r[k] - ref["margin"]) <= tol for r in (ref, run) for k in ("ci_low", "ci_high"))
+        rows.append({**row, "largest change": round(change, 3), "tolerance": tol,
+                     "within": change <= tol + 1e-9 and (run["verdict"] == ref["verdict"] or at_margin)})
+    rows += [{"claim": claim, "committed": "missing", "now": _short(run), "largest change": np.nan,
+              "tolerance": np.nan, "within": False} for claim, run in current.items()]
+    return pd.DataFrame(rows)
+
+
+def _short(record: Mapping) -> str:
+    return f"{record['verdict']} {record['estimate']:+.2f} [{record['ci_low']:+.2f}, {record['ci_high']:+.2f}]"
+
+
 def unit_means(results: pd.DataFrame, unit: str = "seed", measure: str = "accuracy", **where) -> pd.Series:
     """Mean ``measure`` per ``unit`` over the rows matching ``where`` (column=value or column=[values])."""
     mask = pd.Series(True, index=results.index)
@@ -278,6 +413,10 @@ def takeaway(verdicts: Sequence[Verdict], readings: Mapping[str, Mapping[str, st
     tally = counts([v.record() for v in verdicts])
     lines = [f"**{tally['held']} held, {tally['contradicted']} contradicted, {tally['inconclusive']} inconclusive** "
              f"(95% CIs over seeds)."]
+    notebooks = {v.claim.notebook for v in verdicts}
+    if any(_RUNS.get(nb, {}).get("scale") == "lesson" for nb in notebooks):
+        lines[0] += (" *These are the lesson scale's verdicts, from a run sized for a class: the kit's findings are "
+                     "the committed paper-scale verdicts printed beside each claim above.*")
     for v in verdicts:
         reading = readings.get(v.claim.claim, {}).get(v.verdict, "")
         lines.append(f"* **{v.verdict}** — {v.claim.claim} ({v.claim.paper_ref}): {v.claim.quantity} = {v.interval}, "
@@ -286,5 +425,6 @@ def takeaway(verdicts: Sequence[Verdict], readings: Mapping[str, Mapping[str, st
     return Markdown("\n".join(lines))
 
 
-__all__ = ["Claim", "Verdict", "declare", "decide", "decide_trend", "unit_means", "reset_claims", "read_claims",
+__all__ = ["Claim", "Verdict", "declare", "decide", "decide_trend", "unit_means", "begin", "reset_claims", "read_claims",
+           "read_run", "committed", "compare_runs", "TOLERANCE",
            "counts", "takeaway", "seeds_to_resolve", "VERDICTS"]

@@ -3,19 +3,23 @@
 papermill injects ``-p name value`` as plain assignments and silently accepts names the notebook
 never declared, so a typo (``-p shot 5``) would run the defaults. Each notebook therefore calls
 
-    P = fslib.params.validate(globals(), shots=positive_int, datasets=dataset_list, ...)
+    P = fslib.params.validate(globals(), NOTEBOOK)
 
-right after its parameters cell: every user-defined global must be a declared parameter, and every
-parameter must pass its check. The error names the bad value and what is allowed. (So the cells
-before it import only modules, functions and classes: those are not taken for parameters.)
+right after its parameters cell: every user-defined global must be a parameter the kit knows (one
+table, :data:`CHECKS`, says what each name means), every parameter must pass its check, and the
+parameters left at ``None`` take the chosen scale's value (:mod:`fslib.scales`). 
+The error names the bad value and what is allowed. (So the cells before it import only modules, functions
+and classes, and name constants in capitals: those are not taken for parameters.)
 """
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any, Callable
 
+import numpy as np
 import open_clip
 
 from fslib.training import PRECISIONS
@@ -219,26 +223,103 @@ def device(name: str, value: Any) -> str:
 
 def _user_globals(namespace: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in namespace.items()
-            if not k.startswith("_") and k not in _IPYTHON_NAMES
+            if not k.startswith("_") and not k.isupper() and k not in _IPYTHON_NAMES  # NOTEBOOK is a constant
             and not isinstance(v, ModuleType) and not callable(v)}
 
 
-def validate(namespace: dict[str, Any], **checks: Check) -> SimpleNamespace:
-    """Check the notebook's parameters in ``namespace`` (its ``globals()``) against ``checks``.
+def scale(name: str, value: Any) -> str:
+    """``"paper"`` (the powered protocol) or ``"lesson"`` (the same code at class size): see :mod:`fslib.scales`."""
+    from fslib.scales import SCALES
 
-    ``model`` and ``pretrained`` are checked together when both are declared: the pretrained tag
-    must exist for the model (or be a checkpoint path), without loading any weights.
+    return choice(*SCALES)(name, value)
+
+
+# What every parameter name means, once for the whole kit: a notebook's parameters cell only assigns values.
+CHECKS: dict[str, Check] = dict(
+    scale=scale, model=model_name, pretrained=pretrained_tag, device=device, precision=precision, seeds=seeds,
+    datasets=dataset_list, shots=positive_int, n_way=positive_int, tasks=positive_int, epochs=positive_int,
+    train_per_class=positive_int, inner_steps=positive_int, lr_grid=positive_float_list,
+    adapt_grid=non_negative_int_list, val_tasks=positive_int, ceiling=positive_float, lr=positive_float,
+    augment=boolean, test_per_class=non_negative_int, dg_source=dataset_name, dg_targets=dataset_list,
+    id_datasets=dataset_list, ood_datasets=dataset_list, novel_classes=positive_int, queries=positive_int,
+    train_queries=positive_int, train_tasks=positive_int, test_tasks=positive_int, sparsity=fraction,
+    experts=positive_int, taus=fraction_list, expert_counts=int_list, expert_blocks=positive_int_or_all,
+    pretrained_teacher=boolean, finetune_steps=positive_int, finetune_lrs=fraction_list, curve_shots=int_list,
+    kappa=non_negative_float, steps=positive_int, views=non_negative_int, lrs=positive_float_list,
+    tune_on=dataset_name, ablation_on=dataset_name, ratios=wise_ratios, curve_dataset=dataset_name,
+    few_shot_datasets=dataset_list, base_to_new_datasets=dataset_list, base_to_new_shots=positive_int,
+    dg_shots=positive_int, episode_id_datasets=dataset_list, episode_ood_datasets=dataset_list,
+    episode_tests=dataset_list, episode_shots=positive_int, episode_queries=positive_int,
+    adapt_epochs=positive_int,
+)
+# Where a notebook gives a name another shape (a list of shot counts for a curve, a list of task sizes).
+NOTEBOOK_CHECKS: dict[str, dict[str, Check]] = {
+    "00_tour": dict(shots=int_list),
+    "01_mamf": dict(n_way=int_list),
+    "06_compare": dict(shots=int_list),
+}
+
+
+def check_own_data(values: dict[str, Any], checks: dict[str, Check]) -> None:
+    """Image folders among the datasets must hold enough training images per class for the largest shot count
+    asked (``shots``, ``curve_shots``, ``base_to_new_shots``, ``dg_shots``) and at least ``n_way`` classes,
+    checked before any work from the file listing alone."""
+    from fslib.data import load_dataset
+
+    folders = {v for name, value in values.items() if checks[name] in (dataset_list, dataset_name)
+               for v in ([value] if isinstance(value, str) else value) if Path(v).is_dir()}
+    shot_counts = [s for name in ("shots", "curve_shots", "base_to_new_shots", "dg_shots", "episode_shots")
+                   for s in _as_list(values.get(name, []))]
+    n_way = max(_as_list(values.get("n_way", 2)))
+    for folder in sorted(folders):
+        train = load_dataset(folder, "train")
+        counts = np.bincount(train.labels, minlength=train.num_classes)
+        if train.num_classes < max(2, n_way):
+            raise ValueError(f"dataset {folder!r} has {train.num_classes} classes; this notebook needs at least "
+                             f"{max(2, n_way)}")
+        fewest = int(counts.argmin())
+        if shot_counts and counts[fewest] < max(shot_counts):
+            raise ValueError(
+                f"dataset {folder!r}: class {train.classnames[fewest]!r} has {counts[fewest]} training images, fewer "
+                f"than the {max(shot_counts)} shots asked; a <root>/<class>/ folder is cut 50/20/30 per class into "
+                f"train/val/test, so a class needs at least {2 * max(shot_counts)} images (or lower the shots)")
+
+
+def validate(namespace: dict[str, Any], notebook: str) -> SimpleNamespace:
+    """Check ``notebook``'s parameters in ``namespace`` (its ``globals()``) and resolve its scale.
+
+    Every user-defined global must be a parameter the kit knows (:data:`CHECKS`); a parameter left at
+    ``None`` takes the value of the chosen ``scale`` (``None`` there too: ``$FSLIB_SCALE``, else
+    ``"paper"``) from :mod:`fslib.scales`, and a value given explicitly wins over the scale's. Every value must
+    pass its check; the error names the bad value and what is allowed. ``model`` and ``pretrained`` are
+    checked together: the pretrained tag must exist for the model (or be a checkpoint path), without loading
+    any weights. The result carries ``scale`` and ``given`` (the names set explicitly).
     """
+    from fslib import scales
+
+    checks = {**CHECKS, **NOTEBOOK_CHECKS.get(notebook, {})}
     given = _user_globals(namespace)
     unknown = sorted(set(given) - set(checks))
     if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(checks)}")
-    missing = sorted(set(checks) - set(given))
-    if missing:
-        raise ValueError(f"the parameters cell does not define {', '.join(missing)}")
-    values = {k: check(k, given[k]) for k, check in checks.items()}
+        known = ", ".join(k for k in given if k in checks)
+        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))}; {notebook}'s parameters: {known}")
+    chosen_scale = scale("scale", given.get("scale") or os.environ.get("FSLIB_SCALE") or "paper")
+    preset = scales.preset(notebook, chosen_scale)
+    explicit = sorted(k for k, v in given.items() if v is not None and k in preset)
+    values = {}
+    for name, value in given.items():
+        if name == "scale":
+            continue
+        if value is None and name not in preset:
+            raise ValueError(f"{name}=None is not allowed: {notebook} has no scale value for it; give a value")
+        values[name] = checks[name](name, preset[name] if value is None else value)
+    values["scale"] = chosen_scale
     if "model" in values and "pretrained" in values:
         from fslib.models import resolve_pretrained
 
         resolve_pretrained(values["model"], values["pretrained"])
-    return SimpleNamespace(**values)
+    check_own_data(values, checks)
+    from_scale = [f"{k}={values[k]!r}" for k in preset if k in given and given[k] is None]
+    print(f"scale {chosen_scale!r}" + (": " + ", ".join(from_scale) if from_scale else "")
+          + (f"; given explicitly: {', '.join(explicit)}" if explicit else ""))
+    return SimpleNamespace(**values, given=explicit)

@@ -1,4 +1,5 @@
-"""Where a run writes: ``runs/`` (executed notebooks, claim records) and ``figures/``."""
+"""Where a run writes: ``runs/`` (executed notebooks, claim records, figures). The tracked ``figures/`` folder
+holds the committed runs' figures; only ``python -m fslib.report --record`` writes there."""
 from __future__ import annotations
 
 import os
@@ -7,12 +8,16 @@ from pathlib import Path
 import fslib
 
 
-def project_dir(kind: str) -> Path:
-    """``runs``/``figures`` folder: ``$FSLIB_<KIND>`` if set, else beside the source checkout, else cwd.
+def checkout_dir() -> Path:
+    """The source checkout holding fslib, or the current folder for an installed package."""
+    checkout = Path(fslib.__file__).resolve().parents[1]
+    return checkout if (checkout / "pyproject.toml").exists() else Path.cwd()
 
-    The tests point both at a temporary folder, so a test run never rewrites tracked figures."""
+
+def project_dir(kind: str) -> Path:
+    """``runs`` or ``figures``: ``$FSLIB_<KIND>`` if set, else ``runs/`` beside the checkout (figures in
+    ``runs/figures/``), so a run never rewrites tracked files. The tests point both at a temporary folder."""
     env = os.environ.get(f"FSLIB_{kind.upper()}")
     if env:
         return Path(env)
-    checkout = Path(fslib.__file__).resolve().parents[1]
-    return (checkout if (checkout / "pyproject.toml").exists() else Path.cwd()) / kind
+    return checkout_dir() / "runs" / ("figures" if kind == "figures" else "")

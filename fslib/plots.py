@@ -1,4 +1,4 @@
-"""One plotting style for every notebook, and ``save`` into ``figures/<notebook>/``."""
+"""One plotting style for every notebook, and ``save`` into ``runs/figures/<notebook>/``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,12 +22,12 @@ def use_style() -> None:
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 130, "axes.titleweight": "bold"})
 
 
-def save(fig: plt.Figure, notebook: str, name: str) -> Path:
-    """Save ``fig`` as ``figures/<notebook>/<name>.png`` and return the path."""
+def save(fig: plt.Figure, notebook: str, name: str) -> None:
+    """Save ``fig`` as ``<figures>/<notebook>/<name>.png`` (:func:`fslib.paths.project_dir`; nothing is shown:
+    the figure itself is the cell's output)."""
     path = project_dir("figures") / notebook / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
-    return path
 
 
 def sample_grid(datasets: Sequence[ImageDataset], per_dataset: int = 8, seed: int = 0) -> plt.Figure:
@@ -88,7 +88,7 @@ def facet_lines(results: "pd.DataFrame", x: str, xlabel: str, facet: str = "data
             ax.fill_between(rows[x], low, high, color=colours[line], alpha=0.2)
         if log2_x:
             ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, labels=xs)
+        ax.set_xticks(xs, labels=[f"{v:g}" for v in xs], fontsize=8, rotation=45 if len(xs) > 4 else 0)
         ax.set_title(panel, fontsize=10)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
@@ -202,8 +202,9 @@ def tradeoff(results: "pd.DataFrame") -> plt.Figure:
         errors = ci.loc[rows.index]
         ax.errorbar(rows["ID"], rows["OOD"], xerr=errors["ID"], yerr=errors["OOD"], marker="o", color=colour,
                     capsize=3, label=f"M = {m}")
-        for _, row in rows.iterrows():
-            ax.annotate(f"τ={row['tau']}", (row["ID"], row["OOD"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for i, (_, row) in enumerate(rows.iterrows()):  # labels alternate above and below the line: no overlap
+            ax.annotate(f"τ={row['tau']:g}", (row["ID"], row["OOD"]), fontsize=7, xytext=(4, 4 if i % 2 else -10),
+                        textcoords="offset points")
     ax.set(xlabel="in-distribution accuracy (%)", ylabel="out-of-distribution accuracy (%)",
            title="Sparsity trade-off (95% CI over seeds)")
     ax.legend(fontsize=8)

@@ -1,30 +1,36 @@
 """``make reproduce``: run every notebook with papermill on the embedded default and summarise its claims.
 
 Each notebook records its claims through :mod:`fslib.evidence` in ``runs/claims/<notebook>.json``;
-:func:`main` runs the notebooks, then prints one screen: each notebook's wall time, every claim's
-verdict with its estimate and 95% CI, and the held / contradicted / inconclusive counts.
+:func:`main` runs the notebooks at a scale (``--scale paper``, the default, or ``lesson``), then prints one
+screen: each notebook's wall time, every claim's verdict with its estimate and 95% CI, and the held /
+contradicted / inconclusive counts. ``--check`` compares every claim with the committed run of the same scale
+(``fslib/records/<notebook>.<scale>.json``, :func:`fslib.evidence.compare_runs`) and fails if one moved past
+the tolerance (``make check-reproduction`` at the paper scale); ``--record`` makes this run the committed one:
+its records go to ``fslib/records/``, the executed notebooks to ``notebooks/`` and their figures to ``figures/``.
 
 The notebooks run one per core at a time, each kernel on one thread (``OMP_NUM_THREADS=1``), longest
 first. Why: the tiny CLIP's small matrix products gain only 1.2-1.6x from a second thread, so two
-one-thread kernels side by side finish a 2-core machine's work about 1.35x sooner than one two-thread
-kernel after another (00 and 02-06: 51.5 min one after another alone; 75.7 kernel-min side by side,
-about 38 per core). And a kernel's numbers no longer depend on how many cores the machine has (a
-thread count changes the order of float sums), so ``make test`` on any machine reproduces the
-committed outputs. ``make test`` schedules the notebooks the same way (the repository's ``conftest.py``).
+one-thread kernels side by side finish a 2-core machine's work sooner than one two-thread kernel after
+another; and a kernel's numbers then do not depend on how many cores the machine has (a thread count can
+change the order of float sums). ``make test`` schedules the notebooks the same way (``conftest.py``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
 from pathlib import Path
 
-from fslib.evidence import counts, read_claims
-from fslib.paths import project_dir
+import pandas as pd
+
+from fslib.evidence import RECORDS, claims_file, committed, committed_file, compare_runs, counts, read_claims, read_run
+from fslib.paths import checkout_dir, project_dir
+from fslib.scales import SCALES
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -35,26 +41,27 @@ def committed_seconds(notebook: Path) -> float:
     return sum(cell["metadata"].get("papermill", {}).get("duration") or 0.0 for cell in cells)
 
 
-def _run_one(notebook: Path, out_dir: Path) -> dict:
+def _run_one(notebook: Path, out_dir: Path, scale: str) -> dict:
     import papermill
 
     start, status = time.time(), "ok"
     try:
-        papermill.execute_notebook(str(notebook), str(out_dir / notebook.name), cwd=str(notebook.parent), progress_bar=False)
+        papermill.execute_notebook(str(notebook), str(out_dir / notebook.name), parameters={"scale": scale},
+                                   cwd=str(notebook.parent), progress_bar=False)
     except Exception as err:  # keep going: the summary reports the failure
         status = f"FAILED: {type(err).__name__}"
     return {"notebook": notebook.stem, "seconds": time.time() - start, "status": status, "claims": read_claims(notebook.stem)}
 
 
-def run_notebooks(notebooks: list[Path], out_dir: Path, jobs: int = 1) -> list[dict]:
-    """Execute ``notebooks`` with papermill into ``out_dir``, ``jobs`` at a time, each kernel on one thread;
-    one row per notebook, in the order given."""
+def run_notebooks(notebooks: list[Path], out_dir: Path, jobs: int = 1, scale: str = "paper") -> list[dict]:
+    """Execute ``notebooks`` at ``scale`` with papermill into ``out_dir``, ``jobs`` at a time, each kernel on one
+    thread; one row per notebook, in the order given."""
     os.environ.setdefault("FSLIB_PROGRESS", "text")  # saved notebooks keep no frozen "0%" widget bars (fslib.progress)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by every kernel; see the module docstring
     os.environ.setdefault("FSLIB_PROCESSES", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))  # fslib.parallel
     queue = sorted(notebooks, key=committed_seconds, reverse=True)
     with ProcessPoolExecutor(max(1, min(jobs, len(queue)))) as pool:
-        rows = {row["notebook"]: row for row in pool.map(_run_one, queue, repeat(out_dir))}
+        rows = {row["notebook"]: row for row in pool.map(_run_one, queue, repeat(out_dir), repeat(scale))}
     return [rows[nb.stem] for nb in notebooks]
 
 
@@ -82,16 +89,54 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run every notebook on the embedded default and summarise its claims.")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/*.ipynb")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="notebooks at a time (default: one per core)")
+    parser.add_argument("--scale", choices=SCALES, default="paper", help="the scale every notebook runs at (default: paper)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--check", action="store_true", help="compare every claim with the committed run of this scale")
+    action.add_argument("--record", action="store_true", help="make this run the committed one (fslib/records, notebooks/)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     notebooks = args.notebooks or sorted(NOTEBOOKS.glob("*.ipynb"))
+    missing = [str(nb) for nb in notebooks if not Path(nb).is_file()]
+    if missing:
+        parser.error(f"no such notebook: {', '.join(missing)}")
     out_dir = project_dir("runs")
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    rows = run_notebooks(notebooks, out_dir, args.jobs)
+    rows = run_notebooks(notebooks, out_dir, args.jobs, args.scale)
     print_summary(rows, time.time() - started)
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    ok = all(r["status"] == "ok" for r in rows)
+    if args.check:
+        ok &= print_check(rows, args.scale)
+    if args.record and ok:
+        record(rows, out_dir, args.scale)
+    return 0 if ok else 1
+
+
+def print_check(rows: list[dict], scale: str) -> bool:
+    """Each notebook's claims beside its committed run of ``scale``; whether every claim is within tolerance."""
+    every = []
+    for row in rows:
+        table = compare_runs(read_run(claims_file(row["notebook"])), committed(row["notebook"], scale))
+        every.append(table.assign(notebook=row["notebook"]))
+    table = pd.concat(every, ignore_index=True)
+    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+        print(table[["notebook", "claim", "committed", "now", "largest change", "tolerance", "within"]].to_string(index=False))
+    print(f"{int(table.within.sum())} of {len(table)} claims within tolerance of the committed {scale}-scale runs")
+    return bool(table.within.all())
+
+
+def record(rows: list[dict], out_dir: Path, scale: str) -> None:
+    """Make this run the committed one: claim records into ``fslib/records/``, executed notebooks into ``notebooks/``."""
+    RECORDS.mkdir(exist_ok=True)
+    for row in rows:
+        shutil.copyfile(claims_file(row["notebook"]), committed_file(row["notebook"], scale))
+        shutil.copyfile(out_dir / f"{row['notebook']}.ipynb", NOTEBOOKS / f"{row['notebook']}.ipynb")
+        figures = project_dir("figures") / row["notebook"]
+        if figures.is_dir():
+            shutil.rmtree(checkout_dir() / "figures" / row["notebook"], ignore_errors=True)
+            shutil.copytree(figures, checkout_dir() / "figures" / row["notebook"])
+        print(f"recorded {row['notebook']} ({scale})")
 
 
 if __name__ == "__main__":

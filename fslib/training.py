@@ -64,14 +64,20 @@ _precision = "auto"
 def set_precision(name: str) -> None:
     """The one precision setting every loop that trains, encodes or scores honours: ``fp32``; ``bf16``
     autocast; ``fp16`` autocast with a gradient scaler; ``auto`` (the default, and every notebook's) is
-    ``$FSLIB_PRECISION`` where that is set, else bf16 where the hardware multiplies bf16 matrices natively
-    (CUDA; a CPU with AVX512-BF16 or AMX, see :func:`native_bf16`) and fp32 elsewhere. On this kit's
-    2-core AVX512-BF16 CPU, bf16 encodes the tiny CLIP's image tower 1.8x and trains it 1.75x faster than
-    fp32 (with :func:`autocast`'s attention backend)."""
+    ``$FSLIB_PRECISION`` where that is set, else bf16 on a CUDA device and fp32 on a CPU. fp32 is the
+    canonical precision on a CPU so that a notebook's numbers agree across CPUs within float noise (bf16
+    moved verdicts at their margins); bf16 is opt-in there, and pays only on a CPU that multiplies it
+    natively (:func:`native_bf16`: 1.75-1.8x faster than fp32 on a 2-core AVX512-BF16 Xeon, 6-8x slower
+    than fp32 emulated on an AVX2-only AMD EPYC)."""
     global _precision
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}; allowed: {', '.join(PRECISIONS)}")
     _precision = name
+
+
+def current_precision() -> str:
+    """The setting made by :func:`set_precision` (``auto`` unresolved), for a worker process to make it too."""
+    return _precision
 
 
 @contextlib.contextmanager
@@ -87,13 +93,13 @@ def precision_scope(name: str) -> Iterator[None]:
 
 
 def precision(device: torch.device | str) -> str:
-    """The precision in force on ``device``: ``auto`` resolved through ``$FSLIB_PRECISION`` (so that
-    ``make test``, which sets it to fp32, runs every notebook's default in fp32) and then the hardware."""
+    """The precision in force on ``device``: ``auto`` resolved through ``$FSLIB_PRECISION``, then as bf16 on
+    CUDA and fp32 elsewhere (see :func:`set_precision`)."""
     name = _precision if _precision != "auto" else os.environ.get("FSLIB_PRECISION", "auto")
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r} (from FSLIB_PRECISION); allowed: {', '.join(PRECISIONS)}")
     if name == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
     return name
 
 

@@ -59,8 +59,19 @@ class LiveFigure:
             self._handle.update(self.figure)
 
     def _ipython_display_(self) -> None:
-        display(widgets.HBox(list(self.controls.values()), layout=widgets.Layout(flex_flow="row wrap")))
+        display(Controls(list(self.controls.values()), layout=widgets.Layout(flex_flow="row wrap")))
         self._handle = display(self.figure, display_id=True)
+
+
+class Controls(widgets.HBox):
+    """A row of controls whose saved view, where no live kernel draws the widgets (a saved or untrusted notebook,
+    nbviewer, GitHub), is one line naming them instead of the ``HBox(children=(IntSlider(...`` repr."""
+
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        names = ", ".join(child.description or type(child).__name__ for child in self.children)
+        bundle["text/plain"] = f"[controls: {names}; they move the figure below in a running notebook]"
+        return bundle
 
 
 def _slider(kind: type, description: str, **options) -> widgets.ValueWidget:

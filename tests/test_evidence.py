@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fslib.evidence import Claim, decide, decide_trend, declare, read_claims, reset_claims, seeds_to_resolve, unit_means
+from fslib.evidence import (TOLERANCE, Claim, compare_runs, decide, decide_trend, declare, read_claims, reset_claims,
+                            seeds_to_resolve, unit_means)
 
 
 def claim(margin=0.0, direction="greater", kind="paired", text="A beats B"):
@@ -98,3 +99,53 @@ def test_trend_over_the_swept_value_itself():
                           (3, lambda k: [0, 2, 1, 3][int(k) % 4])) for k in (0.0, 1.0, 2.0, 3.0)])
     verdict = decide_trend(claim(kind="trend"), mixed, "new", "kappa", group="kappa")
     assert verdict.verdict == "inconclusive" and list(verdict.per_unit.values()) == pytest.approx([1.0, -1.0, 0.8])
+
+
+def _record(verdict="held", estimate=2.0, low=1.0, high=3.0, quantity="points", claim="A beats B"):
+    return {"claim": claim, "verdict": verdict, "estimate": estimate, "ci_low": low, "ci_high": high, "margin": 0.0,
+            "quantity": quantity}
+
+
+def test_compare_runs_by_hand():
+    reference = {"claims": [_record(), _record(claim="C", quantity="rho", estimate=-0.5, low=-0.9, high=-0.1,
+                                               verdict="contradicted")]}
+    same = compare_runs({"claims": [_record(estimate=2.3), _record(claim="C", quantity="rho", estimate=-0.4, low=-0.8,
+                                                                    high=-0.15, verdict="contradicted")]}, reference)
+    assert same.within.all() and list(same["largest change"]) == [0.3, 0.1]
+    # an estimate shifted by more than the tolerance of its kind fails, and so does a missing or an extra claim
+    shifted = compare_runs({"claims": [_record(estimate=2.0 + TOLERANCE["points"] + 0.01), reference["claims"][1]]},
+                           reference)
+    assert list(shifted.within) == [False, True]
+    missing = compare_runs({"claims": [_record(), _record(claim="D")]}, reference)
+    assert list(missing.within) == [True, False, False] and list(missing.now) == ["held +2.00 [+1.00, +3.00]",
+                                                                                     "missing", "held +2.00 [+1.00, +3.00]"]
+
+
+def test_compare_runs_lets_float_noise_tip_a_verdict_only_at_the_margin():
+    reference = {"claims": [_record(low=0.1)]}
+    tipped = {"claims": [_record(verdict="inconclusive", low=-0.1)]}  # the CI bound crossed the margin by 0.1
+    assert compare_runs(tipped, reference).within.all()
+    far = {"claims": [_record(verdict="inconclusive", estimate=2.0, low=0.8, high=3.0)]}  # a word change far from it
+    assert not compare_runs(far, reference).within.any()
+
+
+def test_a_lesson_run_labels_its_verdicts_and_shows_the_committed_paper_verdict(capsys, monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from fslib import evidence
+    monkeypatch.setattr(evidence, "RECORDS", tmp_path)
+    evidence.begin("nb", SimpleNamespace(scale="lesson", seeds=[1, 2, 3], device="cpu"))
+    decide(claim(), seeds([5.0, 5.5, 6.0]), seeds([1.0, 1.0, 1.0]))
+    shown = capsys.readouterr().out
+    assert "lesson scale (3 seeds at class size): a lesson's verdict, not the kit's finding" in shown
+    assert "paper scale: no committed record of this claim" in shown
+    (tmp_path / "nb.paper.json").write_text(json.dumps({
+        "provenance": {"date": "2026-12-07", "commit": "abc1234", "cpu": "AMD EPYC (AVX2)", "precision": "fp32",
+                       "seeds": [1, 2, 3, 4, 5]},
+        "claims": [{**_record(verdict="contradicted", estimate=-1.0, low=-2.0, high=-0.5), "claim": claim().claim,
+                    "n": 5}]}))
+    decide(claim(), seeds([5.0, 5.5, 6.0]), seeds([1.0, 1.0, 1.0]))
+    assert ("paper scale: CONTRADICTED -1.00 [-2.00, -0.50], n = 5 (committed 2026-12-07, fslib abc1234, "
+            "AMD EPYC (AVX2), fp32, seeds 1,2,3,4,5)") in capsys.readouterr().out
+    run = evidence.read_run(evidence.claims_file("nb"))
+    assert run["provenance"]["scale"] == "lesson" and run["provenance"]["precision"] == "fp32"

@@ -1,3 +1,5 @@
+from functools import partial
+
 import open_clip
 import pytest
 import torch
@@ -182,20 +184,23 @@ def test_scoring_a_tower_honours_the_precision_and_takes_the_cosines_in_fp32(ran
 
 
 def test_attention_inputs_are_relaid_sequence_first_without_changing_a_value(random_clip):
+    """The same products on memory laid out otherwise: equal up to float rounding (bit for bit on some CPUs'
+    kernels, within the last digit on others, as measured on an AVX512-BF16 Xeon)."""
     plain = open_clip.create_model(EMBEDDED_MODEL)
     plain.load_state_dict(random_clip.model.state_dict())
     plain.eval()
     images, tokens = torch.randn(4, 3, 64, 64), random_clip.tokenizer(["a red square", "two blue circles"])
+    same = partial(torch.testing.assert_close, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
-        assert torch.equal(random_clip.model.encode_image(images), plain.encode_image(images))
-        assert torch.equal(random_clip.model.encode_text(tokens), plain.encode_text(tokens))
+        same(random_clip.model.encode_image(images), plain.encode_image(images))
+        same(random_clip.model.encode_text(tokens), plain.encode_text(tokens))
     # the path the relayout changes: frozen weights under autograd (prompt learning); trainable weights
     # fold anyway, and without autograd torch may take its fused inference path. There the packed q/k/v
     # projection must fold into one matrix product, not a batched product against the weight expanded
     # over the 65 token positions, and still give the same values
     images.requires_grad_()
     with frozen(random_clip.model), frozen(plain):
-        assert torch.equal(random_clip.model.encode_image(images), plain.encode_image(images))
+        same(random_clip.model.encode_image(images), plain.encode_image(images))
         with torch.profiler.profile(record_shapes=True) as prof:
             random_clip.model.encode_image(images)
     batched = [e.input_shapes for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::bmm"]

@@ -8,8 +8,10 @@ import torch
 from fslib import parallel
 
 
-def test_units_in_workers_equal_units_in_one_process(monkeypatch):
-    offset = 10  # a closure: the forked workers inherit it, nothing pickles it
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_units_in_workers_equal_units_in_one_process(monkeypatch, method):
+    offset = 10  # a closure: forked workers inherit it, spawned ones get it through cloudpickle
+    monkeypatch.setenv("FSLIB_START_METHOD", method)
 
     def unit(seed: int) -> tuple[int, int, list[float]]:
         torch.manual_seed(seed)
@@ -33,14 +35,31 @@ class Big:
         self.weights = torch.arange(5.0)
 
 
-def test_shared_objects_come_back_as_the_parents_own(monkeypatch):
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_shared_objects_come_back_as_the_parents_own(monkeypatch, method):
     model, other = Big(), Big()
     parallel.share(model)
+    monkeypatch.setenv("FSLIB_START_METHOD", method)
     monkeypatch.setenv("FSLIB_PROCESSES", "2")
     back = parallel.map_units(lambda i: {"model": model, "other": other, "i": i}, [0, 1])
     assert all(r["model"] is model for r in back)          # by reference
     assert all(r["other"] is not other for r in back)      # not shared: by value
     assert torch.equal(back[0]["other"].weights, other.weights)
+
+
+def test_a_spawned_worker_runs_at_the_parent_s_precision(monkeypatch):
+    from fslib import training
+    monkeypatch.setenv("FSLIB_START_METHOD", "spawn")
+    monkeypatch.setenv("FSLIB_PROCESSES", "2")
+    monkeypatch.delenv("FSLIB_PRECISION")
+    with training.precision_scope("bf16"):
+        assert parallel.map_units(lambda i: training.precision("cpu"), [0, 1]) == ["bf16", "bf16"]
+
+
+def test_an_unknown_start_method_is_named(monkeypatch):
+    monkeypatch.setenv("FSLIB_START_METHOD", "forkserverish")
+    with pytest.raises(ValueError, match="FSLIB_START_METHOD='forkserverish' is not available here; allowed: fork, spawn"):
+        parallel.start_method()
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1"])
@@ -65,9 +84,12 @@ def test_trained_experts_pickle_through_their_state_dict(random_clip):
         assert torch.equal(a, b), name
 
 
-def test_shared_drivers_in_forked_processes_equal_one_process(tmp_path, random_clip, one_and_two_processes):
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_shared_drivers_in_worker_processes_equal_one_process(tmp_path, random_clip, one_and_two_processes, monkeypatch,
+                                                             method):
     """evaluation.base_to_new, few_shot_sweep and select_on_validation hand their units to map_units: two
-    one-thread processes give one process's rows, in the same order."""
+    one-thread processes, forked or spawned, give one process's rows, in the same order."""
+    monkeypatch.setenv("FSLIB_START_METHOD", method)
     import numpy as np
     from PIL import Image
 

@@ -7,15 +7,37 @@ import torch
 from fslib import params
 from fslib.evaluation import accuracy, harmonic_mean, mean_ci, select_on_validation
 
-CHECKS = dict(model=params.model_name, pretrained=lambda n, v: v, datasets=params.dataset_list,
-              shots=params.positive_int, seeds=params.int_list, device=params.device, precision=params.precision)
 GOOD = dict(model="fslib-tiny-vit", pretrained="embedded", datasets=["shapes", "counting"], shots=4, seeds=[1, 2, 3],
             device="cpu", precision="auto")
 
 
-def test_valid_parameters_pass_through():
-    p = params.validate({**GOOD, "params": params, "_hidden": 1}, **CHECKS)
-    assert p.shots == 4 and p.datasets == ["shapes", "counting"]
+def test_valid_parameters_pass_through(monkeypatch):
+    monkeypatch.delenv("FSLIB_SCALE", raising=False)
+    p = params.validate({**GOOD, "params": params, "_hidden": 1, "NOTEBOOK": "02_apex"}, "02_apex")
+    assert p.shots == 4 and p.datasets == ["shapes", "counting"] and p.scale == "paper" and p.given == ["datasets", "shots"]
+
+
+def test_parameters_left_at_none_take_the_scale_s_value_and_explicit_ones_win(monkeypatch):
+    monkeypatch.delenv("FSLIB_SCALE", raising=False)
+    lesson = params.validate({**GOOD, "scale": "lesson", "shots": None, "epochs": None}, "02_apex")
+    assert (lesson.shots, lesson.epochs, lesson.datasets) == (2, 1, ["shapes", "counting"])
+    paper = params.validate({**GOOD, "scale": None, "shots": None, "epochs": None}, "02_apex")
+    assert (paper.scale, paper.shots, paper.epochs) == ("paper", 16, 10)
+    monkeypatch.setenv("FSLIB_SCALE", "lesson")
+    assert params.validate({**GOOD, "scale": None, "epochs": None}, "02_apex").epochs == 1
+    assert params.validate({**GOOD, "scale": "paper", "epochs": None}, "02_apex").epochs == 10
+    with pytest.raises(ValueError, match="kappa=None is not allowed: 02_apex has no scale value for it"):
+        params.validate({**GOOD, "kappa": None}, "02_apex")
+    with pytest.raises(ValueError, match="scale='huge' is not allowed; allowed: 'paper', 'lesson'"):
+        params.validate({**GOOD, "scale": "huge"}, "02_apex")
+
+
+def test_every_scaled_parameter_has_a_value_at_every_scale_that_passes_its_check():
+    from fslib.scales import PRESETS, SCALES, preset
+    for notebook, table in PRESETS.items():
+        assert all(set(values) == set(SCALES) for values in table.values()), notebook
+        for scale in SCALES:
+            params.validate({**preset(notebook, scale), "scale": scale}, notebook)
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -29,13 +51,30 @@ def test_valid_parameters_pass_through():
 ])
 def test_bad_parameter_values_are_named(name, value, message):
     with pytest.raises(ValueError, match=message):
-        params.validate({**GOOD, name: value}, **CHECKS)
+        params.validate({**GOOD, name: value}, "02_apex")
+
+
+def test_own_image_folders_with_too_few_images_or_classes_are_rejected_before_any_work(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for c, count in (("cat", 30), ("dog", 40)):
+        (tmp_path / "pets" / c).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "pets" / c / f"{i}.png")
+    pets = str(tmp_path / "pets")
+    assert params.validate({**GOOD, "datasets": [pets], "shots": 15}, "02_apex").datasets == [pets]
+    with pytest.raises(ValueError, match=f"dataset '{pets}': class 'cat' has 15 training images, fewer than the 16 "
+                                         "shots asked; .* at least 32 images"):
+        params.validate({**GOOD, "datasets": [pets], "shots": 16}, "02_apex")
+    with pytest.raises(ValueError, match=f"dataset '{pets}' has 2 classes; this notebook needs at least 5"):
+        params.validate({"id_datasets": [pets], "n_way": 5, "shots": 1}, "03_smat")
 
 
 def test_unknown_parameter_names_are_rejected():
     # papermill injects `-p shot 5` silently; validation must not
-    with pytest.raises(ValueError, match="unknown parameter\\(s\\) 'shot'; allowed: model, pretrained"):
-        params.validate({**GOOD, "shot": 5}, **CHECKS)
+    with pytest.raises(ValueError, match="unknown parameter\\(s\\) 'shot'; 02_apex's parameters: model, pretrained"):
+        params.validate({**GOOD, "shot": 5}, "02_apex")
 
 
 def test_choice_names_allowed_values():
@@ -205,21 +244,20 @@ def test_precision_setting_names_the_allowed_values_and_resolves_auto(monkeypatc
         training.set_precision("fp8")
     with training.precision_scope("auto"):
         assert training.precision("cuda") == "bf16"
-        assert training.precision("cpu") == ("bf16" if training.native_bf16("cpu") else "fp32")
+        assert training.precision("cpu") == "fp32"  # the canonical precision on a CPU, whatever it multiplies natively
     with training.precision_scope("fp16"):
         assert training.grad_scaler("cpu").is_enabled() and training.precision("cuda") == "fp16"
     assert not training.grad_scaler("cpu").is_enabled()
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
-def test_auto_precision_is_bf16_only_on_a_cpu_that_multiplies_bf16_natively(monkeypatch, avx512_bf16, amx, expected):
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)])
+def test_native_bf16_is_read_from_the_cpu_s_capabilities_and_auto_stays_fp32(monkeypatch, avx512_bf16, amx, expected):
     from fslib import training
     monkeypatch.delenv("FSLIB_PRECISION")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert training.native_bf16("cpu") is expected
     with training.precision_scope("auto"):
-        assert training.precision("cpu") == expected
-    with training.precision_scope("fp32"):
         assert training.precision("cpu") == "fp32"
 
 

@@ -21,10 +21,18 @@ def test_summary_counts_three_verdicts(capsys):
     assert "3 claims: 1 held / 0 contradicted / 2 inconclusive" in out
 
 
-def test_save_writes_under_figures(tmp_path):
+def test_save_writes_under_figures_and_shows_no_path(tmp_path, monkeypatch):
     results = pd.DataFrame({"dataset": ["d"] * 4, "method": ["m"] * 4, "shots": [1, 1, 2, 2], "accuracy": [1.0, 2.0, 3.0, 4.0]})
-    path = plots.save(plots.shot_curves(results), "00_tour", "curve")
-    assert path == project_dir("figures") / "00_tour" / "curve.png" and path.stat().st_size > 1000
+    assert plots.save(plots.shot_curves(results), "00_tour", "curve") is None  # no machine path in a cell's output
+    assert (project_dir("figures") / "00_tour" / "curve.png").stat().st_size > 1000
+
+
+def test_runs_and_figures_go_under_runs_unless_the_environment_says_otherwise(monkeypatch):
+    from fslib.paths import checkout_dir
+    monkeypatch.delenv("FSLIB_FIGURES")
+    monkeypatch.delenv("FSLIB_RUNS")
+    assert project_dir("figures") == checkout_dir() / "runs" / "figures"  # never the tracked figures/
+    assert project_dir("runs") == checkout_dir() / "runs"
 
 
 def test_confidence_bands_stay_within_0_and_100_percent():

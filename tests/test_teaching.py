@@ -80,10 +80,28 @@ def test_each_notebook_has_an_exercise_and_both_versions_differ_only_there(path)
             assert course.BEGIN not in s.source and "NotImplementedError" in s.source
             assert course.BEGIN not in full.source and full.source != s.source
         else:
-            assert s.source == full.source == original.source
+            assert full.source == original.source
+            assert s.source == course.hide_references(original.source, course.exercise_references(source))
         if s.cell_type == "code":
             assert s.outputs == [] and s.execution_count is None
     assert "widgets" not in student.metadata
+    references = course.exercise_references(source)
+    assert references and not any(f".{name}" in c.source or f"({name}" in c.source for c in student.cells
+                                  if "show_code(" in c.source for name in references)
+
+
+def test_the_student_copy_hides_the_reference_that_show_code_would_print():
+    assert course.hide_references("show_code(mamf.task_count, mamf.fomaml_task_update)", {"task_count"}) == \
+        "show_code(mamf.fomaml_task_update)"
+    assert course.hide_references("show_code(locality_weight)", {"locality_weight"}).startswith("# its code is the exercise")
+    assert course.hide_references("x = 1", {"x"}) == "x = 1"
+
+
+def test_build_skips_notebooks_without_an_exercise_and_names_them(tmp_path, capsys):
+    plain = tmp_path / "Untitled.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")]), plain)
+    assert course.build([plain], tmp_path / "course") == []
+    assert "skipped Untitled.ipynb: no cell tagged 'exercise'" in capsys.readouterr().out
 
 
 def test_build_writes_both_versions(tmp_path):
@@ -140,6 +158,8 @@ def test_a_live_figure_redraws_when_a_control_moves():
     live.controls["kappa"].value = 0.0
     assert live.redraws == 1 and live.figure is not first
     assert live.figure.axes[0].get_title().startswith("κ = 0, γ = 1")
+    saved = widgets.Controls(list(live.controls.values()))._repr_mimebundle_()["text/plain"]
+    assert saved.startswith("[controls: κ") and "HBox" not in saved  # what a saved or untrusted notebook shows
 
 
 def _path(rng):
