@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import os
+import textwrap
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any, Callable
@@ -320,6 +321,7 @@ def validate(namespace: dict[str, Any], notebook: str) -> SimpleNamespace:
         resolve_pretrained(values["model"], values["pretrained"])
     check_own_data(values, checks)
     from_scale = [f"{k}={values[k]!r}" for k in preset if k in given and given[k] is None]
-    print(f"scale {chosen_scale!r}" + (": " + ", ".join(from_scale) if from_scale else "")
-          + (f"; given explicitly: {', '.join(explicit)}" if explicit else ""))
+    print(textwrap.fill(f"scale {chosen_scale!r}" + (": " + ", ".join(from_scale) if from_scale else "")
+                        + (f"; given explicitly: {', '.join(explicit)}" if explicit else ""), 100,
+                        subsequent_indent="    "))
     return SimpleNamespace(**values, given=explicit)

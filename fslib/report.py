@@ -6,7 +6,8 @@ screen: each notebook's wall time, every claim's verdict with its estimate and 9
 contradicted / inconclusive counts. ``--check`` compares every claim with the committed run of the same scale
 (``fslib/records/<notebook>.<scale>.json``, :func:`fslib.evidence.compare_runs`) and fails if one moved past
 the tolerance (``make check-reproduction`` at the paper scale); ``--record`` makes this run the committed one:
-its records go to ``fslib/records/``, the executed notebooks to ``notebooks/`` and their figures to ``figures/``.
+its records go to ``fslib/records/`` and, at the paper scale, the executed notebooks to ``notebooks/`` and their
+figures to ``figures/``.
 
 The notebooks run one per core at a time, each kernel on one thread (``OMP_NUM_THREADS=1``), longest
 first. Why: the tiny CLIP's small matrix products gain only 1.2-1.6x from a second thread, so two
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=SCALES, default="paper", help="the scale every notebook runs at (default: paper)")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true", help="compare every claim with the committed run of this scale")
-    action.add_argument("--record", action="store_true", help="make this run the committed one (fslib/records, notebooks/)")
+    action.add_argument("--record", action="store_true", help="make this run the committed one (fslib/records; notebooks/ and figures/ at the paper scale)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
@@ -121,21 +122,24 @@ def print_check(rows: list[dict], scale: str) -> bool:
         every.append(table.assign(notebook=row["notebook"]))
     table = pd.concat(every, ignore_index=True)
     with pd.option_context("display.max_colwidth", 60, "display.width", 200):
-        print(table[["notebook", "claim", "committed", "now", "largest change", "tolerance", "within"]].to_string(index=False))
+        print(table[["notebook", "claim", "committed", "now", "estimate moved", "bounds moved", "tolerance",
+                     "within"]].to_string(index=False))
     print(f"{int(table.within.sum())} of {len(table)} claims within tolerance of the committed {scale}-scale runs")
     return bool(table.within.all())
 
 
 def record(rows: list[dict], out_dir: Path, scale: str) -> None:
-    """Make this run the committed one: claim records into ``fslib/records/``, executed notebooks into ``notebooks/``."""
+    """Make this run the committed one: its claim records into ``fslib/records/``; at the paper scale (what a
+    notebook runs by default) also the executed notebooks into ``notebooks/`` and their figures into ``figures/``."""
     RECORDS.mkdir(exist_ok=True)
     for row in rows:
         shutil.copyfile(claims_file(row["notebook"]), committed_file(row["notebook"], scale))
-        shutil.copyfile(out_dir / f"{row['notebook']}.ipynb", NOTEBOOKS / f"{row['notebook']}.ipynb")
-        figures = project_dir("figures") / row["notebook"]
-        if figures.is_dir():
-            shutil.rmtree(checkout_dir() / "figures" / row["notebook"], ignore_errors=True)
-            shutil.copytree(figures, checkout_dir() / "figures" / row["notebook"])
+        if scale == "paper":
+            shutil.copyfile(out_dir / f"{row['notebook']}.ipynb", NOTEBOOKS / f"{row['notebook']}.ipynb")
+            figures = project_dir("figures") / row["notebook"]
+            if figures.is_dir():
+                shutil.rmtree(checkout_dir() / "figures" / row["notebook"], ignore_errors=True)
+                shutil.copytree(figures, checkout_dir() / "figures" / row["notebook"])
         print(f"recorded {row['notebook']} ({scale})")
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fslib.evidence import (TOLERANCE, Claim, compare_runs, decide, decide_trend, declare, read_claims, reset_claims,
-                            seeds_to_resolve, unit_means)
+from fslib.evidence import (Claim, compare_runs, decide, decide_trend, declare, read_claims, reset_claims,
+                            seeds_to_resolve, tolerances, unit_means)
 
 
 def claim(margin=0.0, direction="greater", kind="paired", text="A beats B"):
@@ -106,16 +106,26 @@ def _record(verdict="held", estimate=2.0, low=1.0, high=3.0, quantity="points", 
             "quantity": quantity}
 
 
+def test_tolerances_by_hand():
+    # half-width 1.0: 0.5 + 0.15 and 0.5 + 0.5 points; a trend's floor is 0.25
+    assert tolerances(_record()) == pytest.approx((0.65, 1.0))
+    assert tolerances(_record(quantity="rho", low=-0.9, high=-0.1)) == pytest.approx((0.25 + 0.06, 0.25 + 0.2))
+
+
 def test_compare_runs_by_hand():
     reference = {"claims": [_record(), _record(claim="C", quantity="rho", estimate=-0.5, low=-0.9, high=-0.1,
                                                verdict="contradicted")]}
-    same = compare_runs({"claims": [_record(estimate=2.3), _record(claim="C", quantity="rho", estimate=-0.4, low=-0.8,
-                                                                    high=-0.15, verdict="contradicted")]}, reference)
-    assert same.within.all() and list(same["largest change"]) == [0.3, 0.1]
-    # an estimate shifted by more than the tolerance of its kind fails, and so does a missing or an extra claim
-    shifted = compare_runs({"claims": [_record(estimate=2.0 + TOLERANCE["points"] + 0.01), reference["claims"][1]]},
-                           reference)
+    same = compare_runs({"claims": [_record(estimate=2.3, high=3.9), _record(claim="C", quantity="rho", estimate=-0.4,
+                                                                             low=-0.8, high=-0.15, verdict="contradicted")]},
+                        reference)
+    assert same.within.all() and list(same["estimate moved"]) == [0.3, 0.1] and list(same["bounds moved"]) == [0.9, 0.1]
+    # an estimate shifted past its tolerance (0.65 here) fails, a bound past its own (1.0) too, and so do a missing
+    # and an extra claim
+    estimate_tol, bounds_tol = tolerances(reference["claims"][0])
+    shifted = compare_runs({"claims": [_record(estimate=2.0 + estimate_tol + 0.01), reference["claims"][1]]}, reference)
     assert list(shifted.within) == [False, True]
+    wider = compare_runs({"claims": [_record(low=1.0 - bounds_tol - 0.01), reference["claims"][1]]}, reference)
+    assert list(wider.within) == [False, True]
     missing = compare_runs({"claims": [_record(), _record(claim="D")]}, reference)
     assert list(missing.within) == [True, False, False] and list(missing.now) == ["held +2.00 [+1.00, +3.00]",
                                                                                      "missing", "held +2.00 [+1.00, +3.00]"]
@@ -125,8 +135,9 @@ def test_compare_runs_lets_float_noise_tip_a_verdict_only_at_the_margin():
     reference = {"claims": [_record(low=0.1)]}
     tipped = {"claims": [_record(verdict="inconclusive", low=-0.1)]}  # the CI bound crossed the margin by 0.1
     assert compare_runs(tipped, reference).within.all()
-    far = {"claims": [_record(verdict="inconclusive", estimate=2.0, low=0.8, high=3.0)]}  # a word change far from it
-    assert not compare_runs(far, reference).within.any()
+    clear = {"claims": [_record(estimate=5.0, low=4.0, high=6.0)]}
+    far = {"claims": [_record(verdict="inconclusive", estimate=5.0, low=4.0, high=6.0)]}  # a word change far from it
+    assert not compare_runs(far, clear).within.any()
 
 
 def test_a_lesson_run_labels_its_verdicts_and_shows_the_committed_paper_verdict(capsys, monkeypatch, tmp_path):

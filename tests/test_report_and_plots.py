@@ -75,3 +75,19 @@ def test_committed_seconds_sums_the_cells_papermill_durations(tmp_path):
     path.write_text(json.dumps({"cells": [{"metadata": {"papermill": {"duration": 60}}}, {"metadata": {"papermill": {"duration": None}}},
                                           {"metadata": {}}, {"metadata": {"papermill": {"duration": 40.5}}}]}))
     assert committed_seconds(path) == 100.5
+
+
+def test_recording_a_lesson_run_writes_its_records_only_and_check_reads_them_back(tmp_path, monkeypatch, capsys):
+    from fslib import evidence, report
+    monkeypatch.setattr(report, "RECORDS", tmp_path / "records")
+    monkeypatch.setattr(evidence, "RECORDS", tmp_path / "records")
+    monkeypatch.setattr(report, "NOTEBOOKS", tmp_path / "notebooks")
+    run = {"provenance": {"scale": "lesson"}, "claims": [{"claim": "a", "verdict": "held", "estimate": 1.0, "ci_low": 0.5,
+                                                          "ci_high": 1.5, "margin": 0.0, "quantity": "points"}]}
+    evidence.claims_file("00_tour").parent.mkdir(parents=True)
+    evidence.claims_file("00_tour").write_text(json.dumps(run))
+    report.record([{"notebook": "00_tour"}], project_dir("runs"), "lesson")
+    assert json.loads((tmp_path / "records" / "00_tour.lesson.json").read_text()) == run
+    assert not (tmp_path / "notebooks").exists()  # the committed notebooks are the paper scale's
+    assert report.print_check([{"notebook": "00_tour"}], "lesson")
+    assert "1 of 1 claims within tolerance of the committed lesson-scale runs" in capsys.readouterr().out
