@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -27,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 
 from fslib.evidence import RECORDS, claims_file, committed, committed_file, compare_runs, counts, read_claims, read_run
@@ -42,13 +44,32 @@ def committed_seconds(notebook: Path) -> float:
     return sum(cell["metadata"].get("papermill", {}).get("duration") or 0.0 for cell in cells)
 
 
+_BAR = re.compile(r"^.*\|.*\|\s*\d+/\d+ \[.*\]\s*$")  # a tqdm text bar: "desc:  45%|████▌     | 5/11 [01:21<01:36, ...]"
+
+
+def without_progress_bars(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """``notebook`` without the stderr outputs that hold only text progress bars: a finished bar erases itself on
+    a terminal, but each of its snapshots stays in a saved notebook as a box of its own."""
+    def is_bar(output: dict) -> bool:
+        pieces = [p for p in re.split(r"[\r\n]", output.get("text", "")) if p.strip()]
+        return output.get("name") == "stderr" and all(_BAR.match(p) for p in pieces)
+
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (o.get("output_type") == "stream" and is_bar(o))]
+    return notebook
+
+
 def _run_one(notebook: Path, out_dir: Path, scale: str) -> dict:
     import papermill
 
     start, status = time.time(), "ok"
+    os.environ["FSLIB_SCALE"] = scale  # the notebooks' default scale: no injected cell to pin it in a saved copy
     try:
-        papermill.execute_notebook(str(notebook), str(out_dir / notebook.name), parameters={"scale": scale},
-                                   cwd=str(notebook.parent), progress_bar=False)
+        papermill.execute_notebook(str(notebook), str(out_dir / notebook.name), cwd=str(notebook.parent),
+                                   progress_bar=False)
+        executed = out_dir / notebook.name
+        nbformat.write(without_progress_bars(nbformat.read(executed, as_version=4)), executed)
     except Exception as err:  # keep going: the summary reports the failure
         status = f"FAILED: {type(err).__name__}"
     return {"notebook": notebook.stem, "seconds": time.time() - start, "status": status, "claims": read_claims(notebook.stem)}
@@ -135,7 +156,10 @@ def record(rows: list[dict], out_dir: Path, scale: str) -> None:
     for row in rows:
         shutil.copyfile(claims_file(row["notebook"]), committed_file(row["notebook"], scale))
         if scale == "paper":
-            shutil.copyfile(out_dir / f"{row['notebook']}.ipynb", NOTEBOOKS / f"{row['notebook']}.ipynb")
+            executed = nbformat.read(out_dir / f"{row['notebook']}.ipynb", as_version=4)
+            # a cell papermill injected would pin its parameters in the committed copy (and in the tests' runs)
+            executed.cells = [c for c in executed.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+            nbformat.write(executed, NOTEBOOKS / f"{row['notebook']}.ipynb")
             figures = project_dir("figures") / row["notebook"]
             if figures.is_dir():
                 shutil.rmtree(checkout_dir() / "figures" / row["notebook"], ignore_errors=True)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import matplotlib
 import pandas as pd
@@ -91,3 +92,49 @@ def test_recording_a_lesson_run_writes_its_records_only_and_check_reads_them_bac
     assert not (tmp_path / "notebooks").exists()  # the committed notebooks are the paper scale's
     assert report.print_check([{"notebook": "00_tour"}], "lesson")
     assert "1 of 1 claims within tolerance of the committed lesson-scale runs" in capsys.readouterr().out
+
+
+def test_recording_a_paper_run_commits_the_notebook_without_papermill_s_injected_cell(tmp_path, monkeypatch):
+    import nbformat
+
+    from fslib import evidence, report
+    for module in (report, evidence):
+        monkeypatch.setattr(module, "RECORDS", tmp_path / "records")
+    monkeypatch.setattr(report, "NOTEBOOKS", tmp_path / "notebooks")
+    (tmp_path / "notebooks").mkdir()
+    evidence.claims_file("00_tour").parent.mkdir(parents=True)
+    evidence.claims_file("00_tour").write_text(json.dumps({"provenance": {"scale": "paper"}, "claims": []}))
+    injected = nbformat.v4.new_code_cell('scale = "paper"', metadata={"tags": ["injected-parameters"]})
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), injected]),
+                   project_dir("runs") / "00_tour.ipynb")
+    report.record([{"notebook": "00_tour"}], project_dir("runs"), "paper")
+    assert [c.source for c in nbformat.read(tmp_path / "notebooks" / "00_tour.ipynb", as_version=4).cells] == ["x = 1"]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_no_committed_notebook_pins_its_parameters_in_an_injected_cell(path):
+    """A saved papermill cell would override the scale the tests and users choose (``$FSLIB_SCALE``)."""
+    import nbformat
+    cells = nbformat.read(path, as_version=4).cells
+    assert not [c for c in cells if "injected-parameters" in c.metadata.get("tags", [])]
+
+
+def test_saved_notebooks_keep_no_progress_bar_snapshots():
+    import nbformat
+
+    from fslib.report import without_progress_bars
+    bar = "\rval: seeds x arms:  45%|████▌     | 5/11 [01:21<01:36, 16.10s/it]"
+    cell = nbformat.v4.new_code_cell("run()", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text=bar + "\r" + bar),
+        nbformat.v4.new_output("stream", name="stderr", text="UserWarning: something real\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="held\n")])
+    kept = without_progress_bars(nbformat.v4.new_notebook(cells=[cell])).cells[0].outputs
+    assert [o["text"] for o in kept] == ["UserWarning: something real\n", "held\n"]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_no_committed_notebook_shows_a_progress_bar_or_a_machine_path(path):
+    import nbformat
+    outputs = [o for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.get("name") == "stderr"]
+    assert not [o for o in outputs if "PosixPath(" in str(o) or str(Path.home()) + "/" in str(o)]

@@ -209,3 +209,15 @@ def test_the_student_version_of_the_tour_runs_end_to_end(tmp_path, monkeypatch):
     student = course.versions(nbformat.read(tour, as_version=4))["student"]
     NotebookClient(student, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tour.parent)}}).execute()
     assert "not implemented yet" in "".join(o.get("text", "") for o in student.cells[-1].outputs)
+
+
+def test_the_world_browser_shows_ordinary_figures_and_redraws_them():
+    from fslib.world.browse import browse
+    browser = browse(per_view=3)
+    first, captions = browser.examples, browser.captions
+    assert len(first.axes) == 3 and first.axes[0].get_title() == "one"  # counting's first class
+    browser.label.value = 2
+    assert browser.examples is not first and browser.examples.axes[0].get_title() == "three"
+    browser.name.value = "colors"
+    assert browser.label.value == 0 and browser.examples.axes[0].get_title() == "red"
+    assert browser.captions is captions  # the captions redraw only on their own button
