@@ -231,7 +231,9 @@ def _beside_paper(verdict: Verdict) -> str:
         return ""
     paper = committed(verdict.claim.notebook, "paper")
     record = next((r for r in paper["claims"] if r["claim"] == verdict.claim.claim), None)
-    lines = [f"    ↑ lesson scale ({verdict.n} {verdict.claim.unit}s at class size): a lesson's verdict, not the kit's finding"]
+    size = f"lesson scale ({verdict.n} {verdict.claim.unit}s at class size)"
+    lines = [f"    ↑ {size}: " + ("this lesson cannot decide the claim" if verdict.verdict == "inconclusive"
+                                  else "a lesson's verdict, not the kit's finding")]
     if record is None:
         lines.append("    paper scale: no committed record of this claim (run the notebook at scale='paper')")
     else:

@@ -150,6 +150,8 @@ def test_a_lesson_run_labels_its_verdicts_and_shows_the_committed_paper_verdict(
     shown = capsys.readouterr().out
     assert "lesson scale (3 seeds at class size): a lesson's verdict, not the kit's finding" in shown
     assert "paper scale: no committed record of this claim" in shown
+    decide(claim(), seeds([5.0, 1.5, 6.0]), seeds([1.0, 1.0, 1.0]))
+    assert "lesson scale (3 seeds at class size): this lesson cannot decide the claim" in capsys.readouterr().out
     (tmp_path / "nb.paper.json").write_text(json.dumps({
         "provenance": {"date": "2026-12-07", "commit": "abc1234", "cpu": "AMD EPYC (AVX2)", "precision": "fp32",
                        "seeds": [1, 2, 3, 4, 5]},
