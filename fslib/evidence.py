@@ -189,12 +189,6 @@ def begin(notebook: str, P: SimpleNamespace) -> None:
     claims_file(notebook).unlink(missing_ok=True)
 
 
-def reset_claims(notebook: str) -> None:
-    """Forget the records of an earlier run of ``notebook`` (a run with no parameters to record)."""
-    _RUNS.pop(notebook, None)
-    claims_file(notebook).unlink(missing_ok=True)
-
-
 def read_run(path: Path) -> dict:
     """A claims file: ``{"provenance": {...}, "claims": [records]}`` (empty if the file does not exist)."""
     return json.loads(Path(path).read_text()) if Path(path).exists() else {"provenance": {}, "claims": []}
@@ -439,6 +433,6 @@ def takeaway(verdicts: Sequence[Verdict], readings: Mapping[str, Mapping[str, st
     return Markdown("\n".join(lines))
 
 
-__all__ = ["Claim", "Verdict", "declare", "decide", "decide_trend", "unit_means", "begin", "reset_claims", "read_claims",
+__all__ = ["Claim", "Verdict", "declare", "decide", "decide_trend", "unit_means", "begin", "read_claims",
            "read_run", "committed", "compare_runs", "tolerances", "TOLERANCE",
            "counts", "takeaway", "seeds_to_resolve", "VERDICTS"]

@@ -7,9 +7,9 @@ never declared, so a typo (``-p shot 5``) would run the defaults. Each notebook 
 
 right after its parameters cell: every user-defined global must be a parameter the kit knows (one
 table, :data:`CHECKS`, says what each name means), every parameter must pass its check, and the
-parameters left at ``None`` take the chosen scale's value (:mod:`fslib.scales`). 
-The error names the bad value and what is allowed. (So the cells before it import only modules, functions
-and classes, and name constants in capitals: those are not taken for parameters.)
+parameters left at ``None`` take the chosen scale's value (:mod:`fslib.scales`). The error names the bad
+value and what is allowed. (So the cells before it import only modules, functions and classes, and name
+constants in capitals: those are not taken for parameters.)
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import open_clip
 
+from fslib import scales
 from fslib.training import PRECISIONS
 
 Check = Callable[[str, Any], Any]
@@ -230,9 +231,7 @@ def _user_globals(namespace: dict[str, Any]) -> dict[str, Any]:
 
 def scale(name: str, value: Any) -> str:
     """``"paper"`` (the powered protocol) or ``"lesson"`` (the same code at class size): see :mod:`fslib.scales`."""
-    from fslib.scales import SCALES
-
-    return choice(*SCALES)(name, value)
+    return choice(*scales.SCALES)(name, value)
 
 
 # What every parameter name means, once for the whole kit: a notebook's parameters cell only assigns values.
@@ -296,8 +295,6 @@ def validate(namespace: dict[str, Any], notebook: str) -> SimpleNamespace:
     checked together: the pretrained tag must exist for the model (or be a checkpoint path), without loading
     any weights. The result carries ``scale`` and ``given`` (the names set explicitly).
     """
-    from fslib import scales
-
     checks = {**CHECKS, **NOTEBOOK_CHECKS.get(notebook, {})}
     given = _user_globals(namespace)
     unknown = sorted(set(given) - set(checks))

@@ -60,11 +60,10 @@ def without_progress_bars(notebook: nbformat.NotebookNode) -> nbformat.NotebookN
     return notebook
 
 
-def _run_one(notebook: Path, out_dir: Path, scale: str) -> dict:
+def _run_one(notebook: Path, out_dir: Path) -> dict:
     import papermill
 
     start, status = time.time(), "ok"
-    os.environ["FSLIB_SCALE"] = scale  # the notebooks' default scale: no injected cell to pin it in a saved copy
     try:
         papermill.execute_notebook(str(notebook), str(out_dir / notebook.name), cwd=str(notebook.parent),
                                    progress_bar=False)
@@ -81,9 +80,10 @@ def run_notebooks(notebooks: list[Path], out_dir: Path, jobs: int = 1, scale: st
     os.environ.setdefault("FSLIB_PROGRESS", "text")  # saved notebooks keep no frozen "0%" widget bars (fslib.progress)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by every kernel; see the module docstring
     os.environ.setdefault("FSLIB_PROCESSES", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))  # fslib.parallel
+    os.environ["FSLIB_SCALE"] = scale  # the kernels' default scale: no injected cell pins it in a saved copy
     queue = sorted(notebooks, key=committed_seconds, reverse=True)
     with ProcessPoolExecutor(max(1, min(jobs, len(queue)))) as pool:
-        rows = {row["notebook"]: row for row in pool.map(_run_one, queue, repeat(out_dir), repeat(scale))}
+        rows = {row["notebook"]: row for row in pool.map(_run_one, queue, repeat(out_dir))}
     return [rows[nb.stem] for nb in notebooks]
 
 

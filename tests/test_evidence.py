@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fslib.evidence import (Claim, compare_runs, decide, decide_trend, declare, read_claims, reset_claims,
+from fslib.evidence import (Claim, compare_runs, decide, decide_trend, declare, read_claims,
                             seeds_to_resolve, tolerances, unit_means)
 
 
@@ -59,7 +59,10 @@ def test_missing_or_unpaired_data_raise_naming_the_claim():
 
 
 def test_records_have_the_documented_keys_and_replace_on_rerun():
-    reset_claims("nb")
+    from types import SimpleNamespace
+
+    from fslib import evidence
+    evidence.begin("nb", SimpleNamespace(scale="paper", seeds=[1, 2, 3], device="cpu"))
     decide(claim(), seeds([5.0, 5.5, 6.0]), seeds([1.0, 1.0, 1.0]))
     decide(claim(), seeds([1.0, 1.0, 1.0]), seeds([5.0, 5.5, 6.0]))  # the same claim again replaces its record
     records = read_claims("nb")
