@@ -40,23 +40,16 @@ from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import evaluate, harmonic_mean, mean_ci
 from fslib.features import augmented_features, encode_images
 from fslib.fewshot import Episode, base_new_split, base_to_new_sets, few_shot, fixed_test_sample
-from fslib.methods import LinearProbe, ZeroShot
-from fslib.methods.apex import make_family
-from fslib.methods.base import Method
-from fslib.methods.clip_cite import make_variant
-from fslib.methods.llu import LLU, GlobalResidualAdapter, TipAdapter
-from fslib.methods.mamf import PromptFineTune, meta_train_on_episodes, task_count
-from fslib.methods.smat import SMAT, Benchmark, ExpertRegion, meta_train
+from fslib.methods import Method, Registered, create_method, list_methods, registered
+from fslib.methods.llu import TIP_ALPHAS
+from fslib.methods.mamf import meta_train_on_episodes, task_count
+from fslib.methods.registry import TOWER_LEARNING_RATES
+from fslib.methods.smat import Benchmark, ExpertRegion, meta_train
 from fslib.models import Clip
 from fslib.progress import tqdm
 
 PROTOCOLS = ("few-shot", "base-to-new", "domain shift", "episodic")
-# Trains a tower (or prompts inside one) rather than a head on cached features.
-TOWER_METHODS = ("CoOp", "APEX", "fine-tuning", "CLIP-CITE")
 PARAMETER_EFFICIENT = ("linear probe", "Tip-Adapter", "CLIP-Adapter", "LLU", "CoOp", "APEX")
-# Ladders shared by the protocols: the learning rates of every method that tunes a whole tower, Tip-Adapter's α.
-TOWER_LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
-TIP_ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 @dataclass(frozen=True)
@@ -77,26 +70,25 @@ class Contender:
 
 
 def contenders(clip: Clip, epochs: int, steps: int = 300, views: int = 4) -> dict[str, Contender]:
-    """Zero-shot, the baselines and the papers' methods, each with a ladder of its main knob (three values
-    tried first, the middle of the ladder)."""
-    crops = lambda support, seed: augmented_features(clip, support, views, seed)  # LLU and CLIP-Adapter share them
-    return {
-        "zero-shot": Contender(lambda value, seed: ZeroShot(clip), "none", (None,)),
-        "linear probe": Contender(lambda c, seed: LinearProbe(clip, C=c), "C", (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0), 1),
-        "Tip-Adapter": Contender(lambda a, seed: TipAdapter(clip, alpha=a), "alpha", TIP_ALPHAS, 1),
-        "CLIP-Adapter": Contender(lambda r, seed: GlobalResidualAdapter(clip, ratio=r, steps=steps, views=views, seed=seed),
-                                  "ratio", (0.05, 0.2, 0.5, 0.8, 0.95), 1, crops),
-        "LLU": Contender(lambda k, seed: LLU(clip, kappa=k, steps=steps, views=views, seed=seed), "kappa",
-                         (0.1, 0.5, 2.0, 10.0, 50.0, 200.0), 2, crops),
-        "CoOp": Contender(lambda lr, seed: make_family(clip, "CoOp", epochs=epochs, lr=lr, seed=seed), "lr",
-                          (0.05, 0.15, 0.5, 1.5, 5.0, 15.0, 50.0), 1),
-        "APEX": Contender(lambda lr, seed: make_family(clip, "VPT+TA", ensemble=True, epochs=epochs, lr=lr, augment=True, seed=seed),
-                          "lr", (0.015, 0.05, 0.15, 0.5, 1.5, 5.0, 15.0), 1),
-        "fine-tuning": Contender(lambda lr, seed: make_variant(clip, "fine-tuning", epochs=epochs, lr=lr, seed=seed),
-                                 "lr", TOWER_LEARNING_RATES, 1),
-        "CLIP-CITE": Contender(lambda lr, seed: make_variant(clip, "CLIP-CITE", epochs=epochs, lr=lr, seed=seed),
-                               "lr", TOWER_LEARNING_RATES, 1),
-    }
+    """Every registered method 06 compares on labelled shots (:func:`~fslib.methods.list_methods`), in
+    registration order, each with the ladder of its registered knob. The shared budget goes to every
+    method that takes it: ``epochs`` to those that train a tower, ``steps`` and ``views`` (augmented crops,
+    cached before the fits are timed) to those on cached features, and the seed to those that draw."""
+    crops = lambda support, seed: augmented_features(clip, support, views, seed)  # shared by the methods with views
+    budget = dict(epochs=epochs, steps=steps, views=views)
+    return {name: _contender(clip, registered(name), budget, crops) for name in list_methods(compared=True)}
+
+
+def _contender(clip: Clip, method: Registered, budget: dict, crops: Callable) -> Contender:
+    shared = {option: value for option, value in budget.items() if method.accepts(option)}
+    seeded = method.accepts("seed")
+
+    def make(value: object, seed: int) -> Method:
+        knob = {method.knob.name: value} if method.knob else {}
+        return create_method(method.name, clip, **shared, **knob, **({"seed": seed} if seeded else {}))
+
+    knob, ladder, start = (method.knob.name, method.knob.ladder, method.knob.start) if method.knob else ("none", (None,), 0)
+    return Contender(make, knob, ladder, start, crops if "views" in shared else None)
 
 
 def search_ladder(score: Callable[[object], float], ladder: Sequence, start: int = 0, width: int = 3) -> dict[int, float]:
@@ -255,14 +247,16 @@ def episodic_contenders(clip: Clip, benches: dict[int, Benchmark], n_way: int, a
                                key=lambda test_time_lr: None)
     region = ExpertRegion(clip, options.get("blocks", 1))  # the frozen trunk's cache, shared with every SMAT run
     contenders = {
-        "zero-shot": Contender(lambda value, seed: ZeroShot(clip), "none", (None,)),
-        "Tip-Adapter": Contender(lambda a, seed: TipAdapter(clip, alpha=a), "alpha", TIP_ALPHAS, 1),
-        "fine-tuning (per episode)": Contender(lambda lr, seed: PromptFineTune(clip, adapt_epochs, lr, seed=seed), "lr",
-                                               TOWER_LEARNING_RATES, 1),
-        "MAMF": Contender(lambda lr, seed: PromptFineTune(mamf_start(lr, seed), adapt_epochs, lr, seed=seed, name="MAMF"), "lr",
-                          TOWER_LEARNING_RATES, 1),
-        "SMAT": Contender(lambda lr, seed: SMAT(clip, smat_experts(lr, seed), finetune="full" if lr else "none", steps=adapt_epochs,
-                                                lr=lr, seed=seed), "test-time lr", (0.0, 1e-4, 1e-3, 1e-2), 0,
+        "zero-shot": Contender(lambda value, seed: create_method("zero-shot", clip), "none", (None,)),
+        "Tip-Adapter": Contender(lambda a, seed: create_method("Tip-Adapter", clip, alpha=a), "alpha", TIP_ALPHAS, 1),
+        "fine-tuning (per episode)": Contender(lambda lr, seed: create_method("fine-tuning (per episode)", clip,
+                                                                              epochs=adapt_epochs, lr=lr, seed=seed),
+                                               "lr", TOWER_LEARNING_RATES, 1),
+        "MAMF": Contender(lambda lr, seed: create_method("MAMF", clip, start=mamf_start(lr, seed), epochs=adapt_epochs,
+                                                        lr=lr, seed=seed), "lr", TOWER_LEARNING_RATES, 1),
+        "SMAT": Contender(lambda lr, seed: create_method("SMAT", clip, experts=smat_experts(lr, seed),
+                                                        finetune="full" if lr else "none", steps=adapt_epochs, lr=lr,
+                                                        seed=seed), "test-time lr", (0.0, 1e-4, 1e-3, 1e-2), 0,
                           lambda support, seed: region.pretrained_features(support)),
     }
     return contenders, {"MAMF": mamf_start, "SMAT": smat_experts}
@@ -351,10 +345,7 @@ def _fit_and_score(clip: Clip, candidates: dict[str, Contender], chosen: dict[st
             method.fit(task.support)
             seconds = time.perf_counter() - start if method.fit_seconds is None else method.fit_seconds
         for part, test in task.tests.items():
-            try:
-                score = evaluate(method, test, test.classnames)
-            except ValueError:
-                score = float("nan")
+            score = evaluate(method, test, test.classnames) if method.can_score(test.classnames) else float("nan")
             rows.append({"protocol": task.protocol, "dataset": task.dataset, "shots": task.shots, "seed": task.seed,
                          "method": label, "part": part, "accuracy": score, "fit_seconds": seconds,
                          "peak_mb": memory["peak_mb"], "trainable": method.trainable_parameters()})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,11 +49,18 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> MeanCI:
     return MeanCI(float(values.mean()), float(sem * stats.t.ppf((1 + confidence) / 2, len(values) - 1)), len(values))
 
 
-def evaluate(method, test, classnames: Sequence[str] | None = None) -> float:
+def evaluate(method, test, classnames: Sequence[str] | None = None, **settings) -> float:
     """Accuracy (%) of a fitted :class:`~fslib.methods.base.Method` on a dataset or its features, over
     ``classnames`` (default: the classes the method was fitted on; pass ``test.classnames`` to score a
-    dataset with its own label set)."""
-    return accuracy(method.logits(test, classnames), test.labels)
+    dataset with its own label set), with the method's test-time ``settings``."""
+    return accuracy(method.logits(test, classnames, **settings), test.labels)
+
+
+def settings_of(method, variations: Sequence[dict]) -> list[dict]:
+    """The ``variations`` (test-time settings) that ``method`` declares, or one empty setting: how a
+    driver scores one fit several ways without setting attributes on it."""
+    declared = [setting for setting in variations if set(setting) <= set(method.test_time_settings)]
+    return declared or [{}]
 
 
 def episode_accuracies(make_method, episodes, progress: bool = True) -> list[float]:
@@ -115,16 +122,16 @@ def paired_difference(results, better: str, worse: str, by: str = "dataset", pai
 
 
 def base_to_new(factories: dict, datasets: Sequence[str], shots: int, seeds: Sequence[int], progress: bool = True,
-                test_per_class: int | None = None, variations: Callable[[object], Iterable[dict]] | None = None):
+                test_per_class: int | None = None, variations: Sequence[dict] = ()):
     """Base-to-new generalisation for methods behind the shared interface (CoCoOp's protocol).
 
     ``factories`` maps a label to a constructor taking the seed. Each method is fitted on ``shots``
     images per base class (first half of the labels) and scored on the base and on the new test
-    classes, each with its own label set. A method that cannot score unseen classes (a linear probe)
-    gets NaN on new. ``test_per_class`` scores a fixed sample of the test split
-    (:func:`~fslib.fewshot.fixed_test_sample`). ``variations(method)``, if given, sets the fitted method
-    in turn to each of several test-time settings, yielding each one's columns (a WiSE-FT ratio): one fit
-    is then scored once per setting. Returns rows ``dataset, seed, method, part, accuracy, fit_seconds, trainable``
+    classes, each with its own label set. A method that declares it cannot score unseen classes (a
+    linear probe) gets NaN on new. ``test_per_class`` scores a fixed sample of the test split
+    (:func:`~fslib.fewshot.fixed_test_sample`). ``variations`` are test-time settings (``{"ratio": 0.5}``,
+    a WiSE-FT ratio): a method that declares them among its ``test_time_settings`` is scored once per
+    setting from one fit, with the setting's columns; any other method once, as it is. Returns rows ``dataset, seed, method, part, accuracy, fit_seconds, trainable``
     (the method's own ``fit_seconds`` where it measures one, else the wall time of ``fit``; ``trainable``
     parameters), plus the variations' columns. Each (dataset, method) is a unit of
     :func:`fslib.parallel.map_units`, its seeds in order (a :class:`~fslib.methods.base.TunedOnValidation`
@@ -142,12 +149,10 @@ def base_to_new(factories: dict, datasets: Sequence[str], shots: int, seeds: Seq
             method = factories[label](seed).fit(few_shot(base_train, shots, seed))
             seconds = time.perf_counter() - start if method.fit_seconds is None else method.fit_seconds
             rows[seed] = []
-            for setting in (variations(method) if variations else [{}]):
-                try:
-                    new = evaluate(method, new_test, new_test.classnames)
-                except ValueError:
-                    new = float("nan")
-                for part, acc in (("base", evaluate(method, base_test)), ("new", new)):
+            for setting in settings_of(method, variations):
+                new = evaluate(method, new_test, new_test.classnames, **setting) if method.can_score(new_test.classnames) \
+                    else float("nan")
+                for part, acc in (("base", evaluate(method, base_test, **setting)), ("new", new)):
                     rows[seed].append({"dataset": name, "seed": seed, "method": label, "part": part, "accuracy": acc,
                                        "fit_seconds": seconds, "trainable": method.trainable_parameters(), **setting})
         return rows

@@ -11,7 +11,7 @@ control in JupyterLab recomputes only what the knob touches (no training) and re
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import ipywidgets as widgets
@@ -115,17 +115,15 @@ def explore_templates(clip: Clip, datasets: Sequence[str]) -> LiveFigure:
 def explore_apex(method: apex.PromptedCLIP, test: ImageDataset) -> LiveFigure:
     """A fitted APEX (VPT+TA with the ensemble) on ``test``'s classes: α per class against ``d_avg`` and the
     accuracy, for the adaptive α = exp(-β d_avg) or a fixed α. One image pass; a move re-mixes the logits."""
-    if not (method.ensemble and method.train_text_zero_shot is not None):
+    if not (method.ensemble.modality != "off" and method.train_text_zero_shot is not None):
         raise ValueError(f"{method.name}: explore_apex needs a fitted PromptedCLIP with ensemble=True (APEX)")
     features = method.image_features_pair(test)
     distances = apex.distance_table(method.clip, method.classnames, test.classnames)["d_avg"].to_numpy()
-    chosen = (method.beta, method.fixed_alpha)
 
     def draw(beta: float, fixed: bool, alpha: float) -> plt.Figure:
-        method.beta, method.fixed_alpha = beta, (alpha if fixed else None)
-        weights = method.alpha(test.classnames).numpy()
-        score = accuracy(method.logits_from_features(*features, test.classnames), test.labels)
-        method.beta, method.fixed_alpha = chosen
+        ensemble = replace(method.ensemble, beta=beta, fixed_alpha=alpha if fixed else None)
+        weights = method.alpha(test.classnames, ensemble).numpy()
+        score = accuracy(method.logits_from_features(*features, test.classnames, ensemble), test.labels)
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.3), gridspec_kw={"width_ratios": [3, 1]})
         grid = np.linspace(0, max(distances.max() * 1.1, 1e-3), 100)
         left.plot(grid, np.full_like(grid, alpha) if fixed else np.exp(-beta * grid), color="grey", lw=1)
@@ -137,7 +135,7 @@ def explore_apex(method: apex.PromptedCLIP, test: ImageDataset) -> LiveFigure:
         fig.tight_layout()
         return fig
 
-    return LiveFigure(draw, {"beta": _slider(widgets.FloatSlider, "β", min=0, max=12, step=0.5, value=method.beta),
+    return LiveFigure(draw, {"beta": _slider(widgets.FloatSlider, "β", min=0, max=12, step=0.5, value=method.ensemble.beta),
                              "fixed": widgets.Checkbox(value=False, description="fixed α instead"),
                              "alpha": _slider(widgets.FloatSlider, "fixed α", min=0, max=1, step=0.05, value=0.5)})
 

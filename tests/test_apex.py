@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from fslib.features import preprocess_images
-from fslib.methods.apex import (APEX_TEMPLATE, PromptedCLIP, class_distances, ensemble_weights,
+from fslib.methods.apex import (APEX_TEMPLATE, Ensemble, PromptedCLIP, class_distances, ensemble_weights,
                                 relative_transfer_difficulty)
 from fslib.methods.baselines import ZeroShot
 from tests.conftest import make_dataset
@@ -68,9 +68,9 @@ def test_apex_equals_vpt_ta_on_the_training_classes(random_clip):
     data = make_dataset(3, 2)
     data.templates = [APEX_TEMPLATE]
     method = make_family(random_clip, "VPT+TA", epochs=1).fit(data)
-    with_ensemble = method.logits(data)
-    method.ensemble = False
-    torch.testing.assert_close(with_ensemble, method.logits(data), rtol=0, atol=1e-5)
+    with_ensemble = method.logits(data, ensemble=Ensemble("both"))
+    torch.testing.assert_close(with_ensemble, method.logits(data), rtol=0, atol=1e-5)  # VPT+TA: no ensemble
+    assert method.ensemble.modality == "off"  # a scoring call's setting leaves the fitted method as it was
 
 
 def test_class_distances_by_hand():
@@ -96,18 +96,16 @@ def test_deep_text_prompts_train_one_set_of_tokens_per_layer(random_clip):
 def test_one_modality_ensembles_mix_only_that_modality(random_clip):
     data = make_dataset(4, 2)
     method = PromptedCLIP(random_clip, visual_depth=1, epochs=0).fit(make_dataset(2, 2))
-    method.fixed_alpha = 0.5
     with torch.no_grad():  # a trained-looking adapter, so that mixing the text features changes them
         method.adapter_matrix.add_(0.5 * torch.randn(method.adapter_matrix.shape, generator=torch.Generator().manual_seed(0)))
     prompted, clean = method.image_features_pair(data)
     logits = {}
     for modality in ("both", "text", "image"):
-        method.ensemble_modality = modality
-        logits[modality] = method.logits_from_features(prompted, clean, data.classnames)
-    method.ensemble_modality = "text"
-    torch.testing.assert_close(logits["text"], method.logits_from_features(prompted, None, data.classnames))
+        logits[modality] = method.logits_from_features(prompted, clean, data.classnames, Ensemble(modality, fixed_alpha=0.5))
+    text_only = Ensemble("text", fixed_alpha=0.5)
+    torch.testing.assert_close(logits["text"], method.logits_from_features(prompted, None, data.classnames, text_only))
     assert not torch.allclose(logits["image"], logits["both"]) and not torch.allclose(logits["text"], logits["both"])
-    with pytest.raises(ValueError, match="unknown ensemble_modality 'audio'; allowed: both, text, image"):
+    with pytest.raises(ValueError, match="unknown ensemble modality 'audio'; allowed: both, text, image, off"):
         PromptedCLIP(random_clip, ensemble_modality="audio")
 
 

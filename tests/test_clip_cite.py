@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from fslib.methods.clip_cite import (at_ratio, dva_loss, interpolate_weights, interpolation_path, make_variant,
                                      same_class_negatives, scl_loss, vld_loss)
+from fslib.methods import ZeroShot
 from tests.conftest import make_dataset
 
 
@@ -58,10 +59,10 @@ def test_fit_and_interpolate_the_whole_model(random_clip):
     data = make_dataset(3, 4)
     method = make_variant(random_clip, "CLIP-CITE", epochs=1, lr=1e-4, batch_size=6).fit(data)
     assert method.logits(data).shape == (12, 3) and method.logits(data, ["a", "b"]).shape == (12, 2)
-    method.set_interpolation(0.0)
-    assert all(torch.equal(a, b) for a, b in zip(method.model.parameters(), random_clip.model.parameters()))
-    method.set_interpolation(1.0)
-    assert not torch.equal(method.model.visual.proj, random_clip.model.visual.proj)
+    pretrained = method.interpolated(0.0)
+    assert all(torch.equal(a, b) for a, b in zip(pretrained.parameters(), random_clip.model.parameters()))
+    assert not torch.equal(method.interpolated(1.0).visual.proj, random_clip.model.visual.proj)
+    torch.testing.assert_close(method.logits(data, ratio=0.0), ZeroShot(random_clip).fit(data).logits(data))
     with pytest.raises(ValueError, match="unknown variant 'LoRA'; allowed: CLIP-CITE, fine-tuning, FLYP, DVA, SCL"):
         make_variant(random_clip, "LoRA")
 
@@ -82,13 +83,15 @@ def test_frozen_variants_train_what_their_names_say(random_clip):
 def test_one_fit_is_scored_along_the_interpolation_path(random_clip):
     import pandas as pd
 
-    from fslib.methods import ZeroShot
+    from fslib.evaluation import settings_of
 
-    method = make_variant(random_clip, "fine-tuning", epochs=1, lr=1e-3, batch_size=6)
-    method.fit(make_dataset(3, 4))
-    assert [s["ratio"] for s in method.interpolations([0.0, 0.5])] == [0.0, 0.5] and method.interpolation == 1.0
+    data = make_dataset(3, 4)
+    method = make_variant(random_clip, "fine-tuning", epochs=1, lr=1e-3, batch_size=6).fit(data)
     variations = interpolation_path([0.0, 1.0])
-    assert list(variations(ZeroShot(random_clip))) == [{}]
+    assert settings_of(method, variations) == [{"ratio": 0.0}, {"ratio": 1.0}]
+    assert settings_of(ZeroShot(random_clip), variations) == [{}]  # scored once, as it is
+    fitted = method.logits(data)
+    assert not torch.equal(method.logits(data, ratio=0.0), fitted) and torch.equal(method.logits(data), fitted)
     rows = pd.DataFrame({"method": ["a", "a", "b"], "ratio": [0.0, 1.0, 1.0], "accuracy": [1.0, 2.0, 3.0]})
     relabelled = at_ratio(rows, {"zero-shot": ("a", 0.0), "tuned": ("a", 1.0)})
     assert relabelled.method.tolist() == ["zero-shot", "tuned"] and relabelled.accuracy.tolist() == [1.0, 2.0]

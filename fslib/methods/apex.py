@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import pandas as pd
@@ -40,12 +41,34 @@ from fslib.evaluation import accuracy, cross_dataset, summarise
 from fslib.features import augment_pixels, encode_images, preprocess_images
 from fslib.fewshot import base_to_new_sets, few_shot, fixed_test_sample
 from fslib.methods.base import Images, Method
+from fslib.methods.registry import Knob, create_method, register_method
 from fslib.models import Clip, zero_shot_classifier
 from fslib.training import autocast, frozen, minibatches, train
 
 APEX_TEMPLATE = "a photo of a {}."
 ENSEMBLE_TEXT = ("prompted", "zero-shot")
-ENSEMBLE_MODALITIES = ("both", "text", "image")
+ENSEMBLE_MODALITIES = ("both", "text", "image", "off")
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """How APEX mixes the adapted model with zero-shot CLIP at test time (§4.2, Alg. 2): on ``modality``
+    ``"both"``, ``"text"`` or ``"image"`` (``"off"``: the adapted model alone), with α from the class
+    distances (``beta``, ``epsilon``) or ``fixed_alpha`` (the paper's Table 13 ablation), and the text
+    mixed back towards the prompted pre-adapter feature or clean zero-shot text (``text``). A test-time
+    setting: ``PromptedCLIP.logits(images, names, ensemble=Ensemble(...))`` scores one fit several ways."""
+
+    modality: str = "both"
+    beta: float = 4.0
+    epsilon: float = 0.05
+    text: str = "prompted"
+    fixed_alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.modality not in ENSEMBLE_MODALITIES:
+            raise ValueError(f"unknown ensemble modality {self.modality!r}; allowed: {', '.join(ENSEMBLE_MODALITIES)}")
+        if self.text not in ENSEMBLE_TEXT:
+            raise ValueError(f"unknown ensemble text {self.text!r}; allowed: {', '.join(ENSEMBLE_TEXT)}")
 
 
 def class_distances(train_text: torch.Tensor, eval_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +92,11 @@ def relative_transfer_difficulty(zero_shot_accuracy: float, num_classes: int) ->
 
 
 class PromptedCLIP(Method):
-    """APEX (``visual_depth>0, text_tokens=2, adapter=True, ensemble=True``) and its ablations."""
+    """APEX (``visual_depth>0, text_tokens=2, adapter=True, ensemble=True``) and its ablations. A depth
+    of -1 means every block. ``ensemble`` and the arguments after it set the fitted method's
+    :class:`Ensemble`, which a scoring call may replace."""
+
+    test_time_settings = ("ensemble",)
 
     def __init__(self, clip: Clip, name: str = "APEX", visual_depth: int = 0, visual_tokens: int = 2,
                  text_tokens: int = 2, adapter: bool = True, ensemble: bool = True, epochs: int = 10,
@@ -77,25 +104,22 @@ class PromptedCLIP(Method):
                  epsilon: float = 0.05, ensemble_text: str = "prompted", fixed_alpha: float | None = None,
                  text_depth: int = 1, ensemble_modality: str = "both", augment: bool = False, seed: int = 0):
         super().__init__(clip)
-        if ensemble_text not in ENSEMBLE_TEXT:
-            raise ValueError(f"unknown ensemble_text {ensemble_text!r}; allowed: {', '.join(ENSEMBLE_TEXT)}")
-        if ensemble_modality not in ENSEMBLE_MODALITIES:
-            raise ValueError(f"unknown ensemble_modality {ensemble_modality!r}; allowed: {', '.join(ENSEMBLE_MODALITIES)}")
+        if ensemble_modality == "off":
+            raise ValueError("ensemble_modality='off' is ensemble=False; allowed: both, text, image")
+        self.ensemble = Ensemble(ensemble_modality if ensemble else "off", beta, epsilon, ensemble_text, fixed_alpha)
         if not hasattr(clip.model, "token_embedding"):
             raise ValueError(f"{clip.name}: APEX needs open_clip's standard CLIP text tower (token_embedding)")
         if not all(getattr(tower, "batch_first", True) for tower in (clip.model.visual.transformer, clip.model.transformer)):
             raise ValueError(f"{clip.name}: APEX's prompt insertion expects open_clip's batch-first transformer blocks")
-        blocks = len(clip.model.visual.transformer.resblocks)
+        blocks, text_blocks = len(clip.model.visual.transformer.resblocks), len(clip.model.transformer.resblocks)
+        visual_depth, text_depth = blocks if visual_depth == -1 else visual_depth, text_blocks if text_depth == -1 else text_depth
         if not 0 <= visual_depth <= blocks:
             raise ValueError(f"visual_depth={visual_depth} must lie in [0, {blocks}] for {clip.name}")
-        text_blocks = len(clip.model.transformer.resblocks)
         if not 1 <= text_depth <= text_blocks:
             raise ValueError(f"text_depth={text_depth} must lie in [1, {text_blocks}] for {clip.name}")
         self.name, self.visual_depth, self.visual_tokens = name, visual_depth, visual_tokens
-        self.text_tokens, self.adapter, self.ensemble = text_tokens, adapter, ensemble
+        self.text_tokens, self.adapter, self.text_depth, self.augment = text_tokens, adapter, text_depth, augment
         self.epochs, self.lr, self.weight_decay, self.batch_size, self.seed = epochs, lr, weight_decay, batch_size, seed
-        self.beta, self.epsilon, self.ensemble_text, self.fixed_alpha = beta, epsilon, ensemble_text, fixed_alpha
-        self.text_depth, self.ensemble_modality, self.augment = text_depth, ensemble_modality, augment
         generator = torch.Generator().manual_seed(seed)  # on the CPU, so a seed gives the same prompts on any device
         width, dim, device = clip.model.visual.conv1.out_channels, clip.model.text_projection.shape[1], clip.device
         prompts = torch.randn(visual_depth, visual_tokens, width, generator=generator) * 0.02
@@ -109,7 +133,11 @@ class PromptedCLIP(Method):
         self.text_deep_prompts = nn.Parameter(deep.to(device))
         self.adapter_matrix = nn.Parameter(torch.eye(dim, device=device))
         self.adapter_bias = nn.Parameter(torch.zeros(dim, device=device))
-        self.train_text_zero_shot: torch.Tensor | None = None
+        self.register_buffer("train_text_zero_shot", None)  # the training classes' zero-shot text, set by fit
+
+    @property
+    def needs_pixels(self) -> bool:
+        return bool(self.visual_depth)  # prompts inside the image tower: cached features will not do
 
     # -- the two towers -------------------------------------------------------------------------
     def image_features_prompted(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -216,47 +244,53 @@ class PromptedCLIP(Method):
         return torch.cat(out)
 
     @torch.no_grad()
-    def image_features_pair(self, images: Images, clean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def image_features_pair(self, images: Images, clean: torch.Tensor | None = None,
+                            ensemble: Ensemble | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(prompted, clean zero-shot) image features, unnormalised; the second is None without VPT, and
-        is only computed when the ensemble needs it and ``clean`` was not passed in."""
+        is only computed when ``ensemble`` (default: the fitted one) mixes images and ``clean`` was not
+        passed in."""
         if not self.visual_depth:
             return self.image_features_frozen(images), None
         if isinstance(images, torch.Tensor):
             raise TypeError(f"{self.name} prompts the image tower: pass an ImageDataset, not cached features")
         prompted = self._encode_in_chunks(self.image_features_prompted, images)
-        if clean is None and self.ensemble:
+        if clean is None and (ensemble or self.ensemble).modality in ("both", "image"):
             clean = self.image_features_clean(images)
         return prompted, clean
 
     @torch.no_grad()
-    def logits_from_features(self, prompted: torch.Tensor, clean: torch.Tensor | None,
-                             classnames: Sequence[str]) -> torch.Tensor:
-        """Logits from :meth:`image_features_pair`, so sweeps over β or α reuse one image pass."""
-        names, device = list(classnames), self.clip.device
+    def logits_from_features(self, prompted: torch.Tensor, clean: torch.Tensor | None, classnames: Sequence[str],
+                             ensemble: Ensemble | None = None) -> torch.Tensor:
+        """Logits from :meth:`image_features_pair`, so sweeps over β or α reuse one image pass;
+        ``ensemble`` defaults to the fitted method's."""
+        names, device, ensemble = list(classnames), self.clip.device, ensemble or self.ensemble
         prompted_text = self.text_features_prompted(names)  # = zero-shot text when text_tokens == 0
         text, image = self.adapt_text(prompted_text), prompted.to(device)
-        if self.ensemble:
-            alpha = self.alpha(names).to(device)
-            zero_text = prompted_text if self.ensemble_text == "prompted" else self.clip.model.encode_text(
+        if ensemble.modality != "off":
+            alpha = self.alpha(names, ensemble).to(device)
+            zero_text = prompted_text if ensemble.text == "prompted" else self.clip.model.encode_text(
                 self.clip.tokenizer([APEX_TEMPLATE.format(c) for c in names]).to(device))
-            if self.ensemble_modality in ("both", "text"):
+            if ensemble.modality in ("both", "text"):
                 text = alpha[:, None] * text + (1 - alpha[:, None]) * zero_text
-            if clean is not None and self.ensemble_modality in ("both", "image"):
+            if clean is not None and ensemble.modality in ("both", "image"):
                 # mix unnormalised features, weight ᾱ on the adapted one (official code)
                 image = alpha.mean() * image + (1 - alpha.mean()) * clean.to(device)
         return (self.clip.logit_scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T).float().cpu()
 
-    def logits(self, images: Images, classnames: Sequence[str] | None = None) -> torch.Tensor:
-        return self.logits_from_features(*self.image_features_pair(images), classnames or self.classnames)
+    def logits(self, images: Images, classnames: Sequence[str] | None = None,
+               ensemble: Ensemble | None = None) -> torch.Tensor:
+        return self.logits_from_features(*self.image_features_pair(images, ensemble=ensemble),
+                                         classnames or self.classnames, ensemble)
 
-    def alpha(self, classnames: Sequence[str]) -> torch.Tensor:
+    def alpha(self, classnames: Sequence[str], ensemble: Ensemble | None = None) -> torch.Tensor:
         """Ensemble weight α for each of ``classnames`` relative to the fitted (training) classes."""
         if self.train_text_zero_shot is None:
             raise RuntimeError(f"{self.name}: fit before asking for α")
-        if self.fixed_alpha is not None:  # the paper's fixed-α ablation (Table 13)
-            return torch.full((len(classnames),), float(self.fixed_alpha))
+        ensemble = ensemble or self.ensemble
+        if ensemble.fixed_alpha is not None:  # the paper's fixed-α ablation (Table 13)
+            return torch.full((len(classnames),), float(ensemble.fixed_alpha))
         eval_text = zero_shot_classifier(self.clip, list(classnames), [APEX_TEMPLATE])
-        return ensemble_weights(self.train_text_zero_shot, eval_text, self.beta, self.epsilon)
+        return ensemble_weights(self.train_text_zero_shot, eval_text, ensemble.beta, ensemble.epsilon)
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self._trainable())
@@ -275,16 +309,24 @@ FAMILIES = {
 ENSEMBLES = {"APEX": "both", "APEX (text only)": "text", "APEX (image only)": "image"}
 
 
+# Each family and APEX variant is a registered method; the families' zero-shot is APEX's one prompt.
+FAMILY_METHODS = {family: "zero-shot (APEX's prompt)" if family == "zero-shot" else family for family in FAMILIES}
+_PAPERS = {"zero-shot": "Radford et al., 2021", "CoOp": "Zhou et al., 2022 (IJCV)", "TPT": "Yang, Ko, Yun, 2023, §3",
+           "VPT": "Jia et al., 2022", "TA": "Yang, Ko, Yun, 2023, Eq. 11", "VPT+TA": "Yang, Ko, Yun, 2023, §4.1"}
+for _family, _config in FAMILIES.items():
+    register_method(FAMILY_METHODS[_family], PromptedCLIP, paper=_PAPERS[_family], name=_family, **_config,
+                    compared=_family == "CoOp", knob=Knob("lr", (0.05, 0.15, 0.5, 1.5, 5.0, 15.0, 50.0), 1))
+for _label, _modality in ENSEMBLES.items():  # with the official configs' training augmentation
+    register_method(_label, PromptedCLIP, paper="Yang, Ko, Yun, 2023, §4.2, Table 5", name=_label,
+                    **{**FAMILIES["VPT+TA"], "ensemble": True}, ensemble_modality=_modality, augment=True,
+                    compared=_label == "APEX", knob=Knob("lr", (0.015, 0.05, 0.15, 0.5, 1.5, 5.0, 15.0), 1))
+
+
 def make_family(clip: Clip, family: str, **overrides) -> PromptedCLIP:
-    """A :class:`PromptedCLIP` configured as one of ``FAMILIES`` (a depth of -1 means every block)."""
+    """A :class:`PromptedCLIP` configured as one of ``FAMILIES`` (the registered method of that family)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; allowed: {', '.join(FAMILIES)}")
-    config = {**FAMILIES[family], **overrides}
-    if config["visual_depth"] == -1:
-        config["visual_depth"] = len(clip.model.visual.transformer.resblocks)
-    if config.get("text_depth") == -1:
-        config["text_depth"] = len(clip.model.transformer.resblocks)
-    return PromptedCLIP(clip, name=family, **config)
+    return create_method(FAMILY_METHODS[family], clip, **overrides)
 
 
 def distance_table(clip: Clip, train_classes: Sequence[str], eval_classes: Sequence[str], beta: float = 4.0,
@@ -301,13 +343,12 @@ def distance_table(clip: Clip, train_classes: Sequence[str], eval_classes: Seque
 def _ensemble_sweep(method: PromptedCLIP, features, test: ImageDataset, betas: Sequence[float],
                     alphas: Sequence[float]) -> list[dict]:
     """New-class accuracy over β (adaptive α) and over a fixed α, from one pass of image features."""
-    rows = []
+    rows, apex = [], replace(method.ensemble, modality="both")
     for knob, values in (("beta", betas), ("alpha", alphas)):
         for value in values:
-            method.beta, method.fixed_alpha = (value, None) if knob == "beta" else (4.0, value)
-            logits = method.logits_from_features(*features, test.classnames)
+            ensemble = replace(apex, beta=value) if knob == "beta" else replace(apex, fixed_alpha=value)
+            logits = method.logits_from_features(*features, test.classnames, ensemble)
             rows.append({"knob": knob, "value": value, "accuracy": accuracy(logits, test.labels)})
-    method.beta, method.fixed_alpha = 4.0, None
     return rows
 
 
@@ -351,8 +392,8 @@ def base_to_new(clip: Clip, datasets: Sequence[str], shots: int, seeds: Sequence
         for part, test_part in parts.items():
             features = method.image_features_pair(test_part, clean[part])  # one image pass per part
             for label in [family] + (list(ENSEMBLES) if family == "VPT+TA" else []):
-                method.ensemble, method.ensemble_modality = label in ENSEMBLES, ENSEMBLES.get(label, "both")
-                acc = accuracy(method.logits_from_features(*features, test_part.classnames), test_part.labels)
+                ensemble = replace(method.ensemble, modality=ENSEMBLES[label]) if label in ENSEMBLES else None
+                acc = accuracy(method.logits_from_features(*features, test_part.classnames, ensemble), test_part.labels)
                 results.append({"dataset": name, "seed": seed, "method": label, "part": part, "accuracy": acc})
                 if label == "APEX" and part == "new":
                     sweeps += [{"dataset": name, "seed": seed, **row} for row in _ensemble_sweep(method, features, test_part, betas, alphas)]

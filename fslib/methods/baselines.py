@@ -13,6 +13,7 @@ from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import evaluate
 from fslib.fewshot import base_new_split
 from fslib.methods.base import Images, Method
+from fslib.methods.registry import Knob, register_method
 from fslib.models import Clip, zero_shot_classifier
 
 
@@ -39,6 +40,7 @@ class LinearProbe(Method):
     """
 
     name = "linear probe"
+    scores_unseen_classes = False
 
     def __init__(self, clip: Clip, C: float = 10.0, max_iter: int = 1000):
         super().__init__(clip)
@@ -65,6 +67,18 @@ class LinearProbe(Method):
 
     def trainable_parameters(self) -> int:
         return 0 if self.model is None else int(self.model.coef_.size + self.model.intercept_.size)
+
+    def get_extra_state(self) -> dict:
+        return {**super().get_extra_state(), "model": self.model}  # scikit-learn's fitted estimator
+
+    def set_extra_state(self, state: dict) -> None:
+        super().set_extra_state(state)
+        self.model = state["model"]
+
+
+register_method("zero-shot", ZeroShot, paper="Radford et al., 2021, Sec. 3.1.4", compared=True)
+register_method("linear probe", LinearProbe, paper="Radford et al., 2021, Sec. 3.2", compared=True,
+                knob=Knob("C", (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0), 1))
 
 
 def zero_shot_table(clip: Clip, names: Sequence[str], split: str = "test") -> pd.DataFrame:

@@ -27,7 +27,7 @@ import copy
 import json
 import math
 import time
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -40,6 +40,7 @@ from fslib.evaluation import evaluate
 from fslib.features import augment_pixels, preprocess_images
 from fslib.fewshot import base_to_new_sets, few_shot
 from fslib.methods.base import Images, Method
+from fslib.methods.registry import TOWER_LEARNING_RATES, Knob, create_method, register_method
 from fslib.models import Clip, in_text_tower, load_clip, prompt_logits_cpu, prompt_tokens
 from fslib.training import minibatches, train
 
@@ -95,8 +96,14 @@ class FullFineTune(Method):
     world a smaller crop can cut away the objects that make the label). ``train_classifier=False`` is the paper's FrozenTC (the DVA
     classifier stays at the text embeddings), ``train_text=False`` its FrozenTE (the text encoder is
     frozen, Fig. 4). The seed sets the minibatch order and the crops. ``grad_checkpointing`` (open_clip's)
-trades a third more time for the activations' memory, for a ViT-B on a small machine.
+    trades a third more time for the activations' memory, for a ViT-B on a small machine.
+
+    The fitted state is the fine-tuned model (``student``); ``logits(..., ratio=r)`` scores with the weights
+    interpolated at ``r`` (default: ``interpolation``), so one fit is scored along the whole WiSE-FT path.
     """
+
+    needs_pixels = True
+    test_time_settings = ("ratio",)
 
     def __init__(self, clip: Clip, name: str = "CLIP-CITE", dva: float = 1.0, scl: float = 0.7, vld: float = 0.1,
                  mask_same_class: bool = True, interpolation: float = 0.5, epochs: int = 20, lr: float = 1e-5,
@@ -107,8 +114,8 @@ trades a third more time for the activations' memory, for a ViT-B on a small mac
         self.interpolation, self.epochs, self.lr, self.batch_size, self.seed = interpolation, epochs, lr, batch_size, seed
         self.augment, self.train_classifier, self.train_text = augment, train_classifier, train_text
         self.grad_checkpointing = grad_checkpointing
-        self.finetuned: dict[str, torch.Tensor] = {}
-        self.model = clip.model
+        self.student: nn.Module | None = None  # the fine-tuned CLIP, set by fit
+        self._scoring: tuple[float, nn.Module] | None = None  # (ratio, interpolated model): not part of the state
 
     def fit(self, support: ImageDataset) -> "FullFineTune":
         self._remember(support)
@@ -154,40 +161,45 @@ trades a third more time for the activations' memory, for a ViT-B on a small mac
         start = time.perf_counter()
         train(params, step_loss, steps, self.lr, optimizer="adamw", weight_decay=0.0, device=device, progress=False)
         self.fit_seconds = time.perf_counter() - start
-        self.finetuned = {k: v.detach() for k, v in student.state_dict().items()}
-        self.set_interpolation(self.interpolation)
+        self.student, self._scoring = student.eval().requires_grad_(False), None
         return self
 
-    def set_interpolation(self, ratio: float) -> "FullFineTune":
-        """Rebuild the inference model at another WiSE-FT ratio (0 = pretrained, 1 = fine-tuned)."""
-        self.interpolation = ratio
-        if self.model is self.clip.model:  # the first time: a copy of the pretrained model to blend into
-            self.model = copy.deepcopy(self.clip.model).eval()
-        interpolate_weights(self.finetuned, self.clip.model.state_dict(), ratio, into=self.model)
-        return self
+    @property
+    def finetuned(self) -> dict[str, torch.Tensor]:
+        """The fine-tuned weights (Eq. 7's θ_ft)."""
+        if self.student is None:
+            raise RuntimeError(f"{self.name}: fit before asking for the fine-tuned weights")
+        return self.student.state_dict()
 
-    def interpolations(self, ratios: Sequence[float]) -> Iterator[dict]:
-        """Set each WiSE-FT ratio in turn (for :func:`~fslib.evaluation.base_to_new`'s ``variations``),
-        then restore the fitted one: one fit is scored along the whole interpolation path (Fig. 5)."""
-        fitted = self.interpolation
-        for ratio in ratios:
-            self.set_interpolation(ratio)
-            yield {"ratio": ratio}
-        self.set_interpolation(fitted)
+    def interpolated(self, ratio: float | None = None) -> nn.Module:
+        """The model that scores at WiSE-FT ``ratio`` (0 = pretrained, 1 = fine-tuned; default: the fitted
+        ``interpolation``), blended once per ratio into one copy of the pretrained model (Eq. 7)."""
+        ratio = self.interpolation if ratio is None else ratio
+        if self._scoring is None or self._scoring[0] != ratio:
+            model = self._scoring[1] if self._scoring else copy.deepcopy(self.clip.model).eval()
+            interpolate_weights(self.finetuned, self.clip.model.state_dict(), ratio, into=model)
+            self._scoring = ratio, model
+        return self._scoring[1]
 
     @torch.no_grad()
-    def logits(self, images: Images, classnames: Sequence[str] | None = None) -> torch.Tensor:
+    def logits(self, images: Images, classnames: Sequence[str] | None = None, ratio: float | None = None) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
             raise TypeError(f"{self.name} fine-tunes the image tower: pass an ImageDataset, not cached features")
         names = list(classnames or self.classnames)
         tokens = self.clip.tokenizer([self.templates[0].format(n) for n in names])
-        return prompt_logits_cpu(self.model, preprocess_images(self.clip, images), tokens)
+        return prompt_logits_cpu(self.interpolated(ratio), preprocess_images(self.clip, images), tokens)
 
     def trainable_parameters(self) -> int:
         towers = sum(p.numel() for n, p in self.clip.model.named_parameters()
                      if n != "logit_scale" and (self.train_text or not in_text_tower(n)))
         classifier = len(self.classnames) * self.clip.model.text_projection.shape[1] if self.dva and self.train_classifier else 0
         return towers + classifier
+
+    def allocate(self, state_dict) -> None:
+        if self.student is None:  # a copy of CLIP to load the fine-tuned weights into
+            self.student = copy.deepcopy(self.clip.model).eval().requires_grad_(False)
+        self._scoring = None
+        super().allocate(state_dict)
 
 
 # The named configurations: CLIP-CITE, the rows of the paper's Table 4 (loss ablation, all interpolated
@@ -205,11 +217,19 @@ VARIANTS = {
 }
 
 
+_PAPERS = {"CLIP-CITE": "Liu et al., 2024, Eq. 6-7", "fine-tuning": "Liu et al., 2024, Table 4 (baseline)",
+           "FLYP": "Goyal et al., 2023", "FrozenTC": "Liu et al., 2024, Fig. 4", "FrozenTE": "Liu et al., 2024, Fig. 4"}
+for _variant in sorted(VARIANTS, key=lambda v: v != "fine-tuning"):  # 06 lists fine-tuning before CLIP-CITE
+    register_method(_variant, FullFineTune, paper=_PAPERS.get(_variant, "Liu et al., 2024, Table 4"), name=_variant,
+                    **VARIANTS[_variant], compared=_variant in ("fine-tuning", "CLIP-CITE"),
+                    knob=Knob("lr", TOWER_LEARNING_RATES, 1))
+
+
 def make_variant(clip: Clip, variant: str, **overrides) -> FullFineTune:
-    """One of ``VARIANTS``, with any :class:`FullFineTune` argument overridden."""
+    """One of ``VARIANTS`` (its registered method), with any :class:`FullFineTune` argument overridden."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
-    return FullFineTune(clip, name=variant, **{**VARIANTS[variant], **overrides})
+    return create_method(variant, clip, **overrides)
 
 
 def at_ratio(results: pd.DataFrame, rows: dict[str, tuple[str, float]]) -> pd.DataFrame:
@@ -220,12 +240,10 @@ def at_ratio(results: pd.DataFrame, rows: dict[str, tuple[str, float]]) -> pd.Da
                       for label, (method, ratio) in rows.items()], ignore_index=True)
 
 
-def interpolation_path(ratios: Sequence[float]):
+def interpolation_path(ratios: Sequence[float]) -> list[dict]:
     """``variations`` for :func:`~fslib.evaluation.base_to_new`: a fine-tuned model is scored at every
-    WiSE-FT ratio in ``ratios``; any other method once, as it is."""
-    def variations(method: Method) -> Iterator[dict]:
-        return method.interpolations(ratios) if isinstance(method, FullFineTune) else iter([{}])
-    return variations
+    WiSE-FT ratio in ``ratios`` (its test-time setting ``ratio``); any other method once, as it is."""
+    return [{"ratio": ratio} for ratio in ratios]
 
 
 def main() -> None:
@@ -248,7 +266,7 @@ def main() -> None:
     method = make_variant(clip, args.variant, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                           grad_checkpointing=args.grad_checkpointing).fit(few_shot(base_train, args.shots, args.seed))
     if distributed.is_main():
-        torch.save(method.model.state_dict(), args.out)
+        torch.save(method.interpolated().state_dict(), args.out)
         print(json.dumps({"ranks": world, "fit_seconds": round(method.fit_seconds, 1), "base": round(evaluate(method, base_test), 2),
                           "new": round(evaluate(method, new_test, new_test.classnames), 2)}))
 

@@ -37,6 +37,7 @@ from fslib.data import ImageDataset, load_dataset
 from fslib.features import augmented_features
 from fslib.fewshot import base_to_new_sets, few_shot
 from fslib.methods.base import Images, Method
+from fslib.methods.registry import Knob, register_method
 from fslib.models import Clip, zero_shot_classifier
 from fslib.training import minibatches, precision_scope, train
 
@@ -147,9 +148,6 @@ class LLU(_FeatureMethod):
         text = self.text_map(self._text(classnames), self.gamma, self.kappa)
         return self.clip.logit_scale * image @ text.T
 
-    def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.image_map.parameters()) + sum(p.numel() for p in self.text_map.parameters())
-
     @torch.no_grad()
     def update_weights(self, images: Images, classnames: Sequence[str]) -> dict[str, float]:
         """Mean locality weight ``w`` the fitted update gives these images and these classes' prompts:
@@ -193,9 +191,6 @@ class GlobalResidualAdapter(_FeatureMethod):
     def logits(self, images: Images, classnames: Sequence[str] | None = None) -> torch.Tensor:
         return self.clip.logit_scale * self.adapt(self.image_features(images)) @ self._text(classnames).T
 
-    def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.mlp.parameters())
-
 
 class TipAdapter(_FeatureMethod):
     """Tip-Adapter (Zhang et al., 2022), training-free: zero-shot logits plus a cache model,
@@ -209,8 +204,8 @@ class TipAdapter(_FeatureMethod):
     def __init__(self, clip: Clip, alpha: float = 1.0, beta: float = 5.5):
         super().__init__(clip)
         self.alpha, self.beta = alpha, beta
-        self.keys = torch.empty(0)
-        self.values = torch.empty(0)
+        self.register_buffer("keys", torch.empty(0))
+        self.register_buffer("values", torch.empty(0))
 
     def fit(self, support: ImageDataset) -> "TipAdapter":
         self._remember(support)
@@ -229,6 +224,14 @@ class TipAdapter(_FeatureMethod):
             if name in names:
                 logits[:, names.index(name)] += cache[:, j]
         return logits
+
+
+TIP_ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # Tip-Adapter's residual weight: the ladder 06 searches
+register_method("Tip-Adapter", TipAdapter, paper="Zhang et al., 2022", compared=True, knob=Knob("alpha", TIP_ALPHAS, 1))
+register_method("CLIP-Adapter", GlobalResidualAdapter, paper="Gao et al., 2021", compared=True,
+                knob=Knob("ratio", (0.05, 0.2, 0.5, 0.8, 0.95), 1))
+register_method("LLU", LLU, paper="Ibing, Lim, Kobbelt, 2022", compared=True,
+                knob=Knob("kappa", (0.1, 0.5, 2.0, 10.0, 50.0, 200.0), 2))
 
 
 def update_field_2d(centres: np.ndarray, rotation_deg: float, kappa: float, gamma: float = 1.0,

@@ -39,6 +39,7 @@ from fslib.evaluation import episode_accuracies
 from fslib.features import preprocess_images
 from fslib.fewshot import Episode, EpisodeSampler, few_shot
 from fslib.methods.base import Images, Method
+from fslib.methods.registry import register_method
 from fslib.models import Clip, in_text_tower, load_clip, prompt_features, prompt_logits_cpu, prompt_tokens
 from fslib.progress import tqdm
 from fslib.training import autocast, make_optimizer, minibatches, train
@@ -301,35 +302,71 @@ def train_arm(clip: Clip, train_set: ImageDataset, arm: str, n_way: int, lr: flo
 class PromptFineTune(Method):
     """Meta-test adaptation: fine-tune a copy of the model on the support set, score with prompts.
 
-    ``epochs=0`` is the paper's zero-shot baseline: the n class prompts, no training (notes §2.6).
+    The copy is of ``start`` (meta-trained weights, a :class:`Clip` from :func:`meta_train`) or else of
+    ``clip``. ``epochs=0`` is the paper's zero-shot baseline: the n class prompts, no training (notes §2.6).
     """
 
+    needs_pixels = True
+
     def __init__(self, clip: Clip, epochs: int = 5, lr: float = 1e-5, batch_size: int = 32, seed: int = 0,
-                 name: str | None = None):
+                 name: str | None = None, start: Clip | None = None):
         super().__init__(clip)
-        self.epochs, self.lr, self.batch_size, self.seed = epochs, lr, batch_size, seed
+        self.epochs, self.lr, self.batch_size, self.seed, self.start = epochs, lr, batch_size, seed, start or clip
         self.name = name or ("zero-shot" if epochs == 0 else "fine-tuned")
-        self.model = clip.model
+        self.adapted: torch.nn.Module | None = None  # the support set's copy, set by fit
 
     def fit(self, support: ImageDataset) -> "PromptFineTune":
         self._remember(support)
-        self.model = copy.deepcopy(self.clip.model)  # every task starts from the same weights
+        self.adapted = copy.deepcopy(self.start.model)  # every task starts from the same weights
         if self.epochs > 0:
-            fine_tune(self.model, preprocess_images(self.clip, support), torch.as_tensor(support.labels),
+            fine_tune(self.adapted, preprocess_images(self.clip, support), torch.as_tensor(support.labels),
                       prompt_tokens(self.clip, support), self.epochs, self.lr, self.batch_size, self.seed)
-        self.model.eval()
+        self.adapted.eval()
         return self
 
     @torch.no_grad()
     def logits(self, images: Images, classnames: Sequence[str] | None = None) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
             raise TypeError("PromptFineTune trains the image tower: pass an ImageDataset, not cached features")
+        if self.adapted is None:
+            raise RuntimeError(f"{self.name}: fit before scoring")
         names = list(classnames or self.classnames)
         tokens = self.clip.tokenizer([self.templates[0].format(n) for n in names])
-        return prompt_logits_cpu(self.model, preprocess_images(self.clip, images), tokens)
+        return prompt_logits_cpu(self.adapted, preprocess_images(self.clip, images), tokens)
 
     def trainable_parameters(self) -> int:
-        return 0 if self.epochs == 0 else sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        model = self.start.model if self.adapted is None else self.adapted
+        return 0 if self.epochs == 0 else sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def allocate(self, state_dict) -> None:
+        if self.adapted is None:
+            self.adapted = copy.deepcopy(self.start.model).eval()
+        super().allocate(state_dict)
+
+
+class MetaTrainedFineTune(PromptFineTune):
+    """MAMF or FOMAML as one method: :meth:`meta_train` on N-way episodes (:func:`meta_train_on_episodes`,
+    at the method's ``lr``), then the same test-time fine-tuning as :class:`PromptFineTune` from there."""
+
+    meta_trains = True
+
+    def __init__(self, clip: Clip, strategy: str = "mamf", epochs: int = 5, lr: float = 1e-5, batch_size: int = 32,
+                 seed: int = 0, name: str | None = None, start: Clip | None = None):
+        if strategy not in ("mamf", "fomaml"):
+            raise ValueError(f"strategy={strategy!r} does not meta-train on episodes; allowed: mamf, fomaml")
+        super().__init__(clip, epochs, lr, batch_size, seed, name or strategy.upper(), start)
+        self.strategy = strategy
+
+    def meta_train(self, episodes: Sequence[Episode]) -> "MetaTrainedFineTune":
+        self.start = meta_train_on_episodes(self.clip, episodes, self.strategy, lr=self.lr, seed=self.seed)
+        return self
+
+
+register_method("fine-tuning (per episode)", PromptFineTune, paper="Wang et al., 2022, §2.7",
+                name="fine-tuning (per episode)")
+register_method("MAMF", MetaTrainedFineTune, paper="Wang et al., 2022, §2.1-2.3", strategy="mamf", name="MAMF")
+register_method("FOMAML", MetaTrainedFineTune, paper="Finn et al., 2017 (first order); Wang et al., 2022, §2.5",
+                strategy="fomaml", name="FOMAML")
 
 
 def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int], shots: int, tasks: int,

@@ -59,6 +59,7 @@ from fslib.evaluation import accuracy
 from fslib.features import memory_cache, pixel_batches, preprocess_images
 from fslib.fewshot import Episode, EpisodeSampler, fixed_test_sample, restrict_classes
 from fslib.methods.base import Images, Method
+from fslib.methods.registry import register_method
 from fslib.models import Clip, load_clip
 from fslib.progress import tqdm
 from fslib.training import autocast, grad_scaler, make_optimizer, precision
@@ -698,15 +699,29 @@ class SMAT(Method):
     fine-tuning (the official learning-rate grid includes it).
     """
 
-    def __init__(self, clip: Clip, experts: SparseInterpolatedExperts, name: str | None = None,
-                 finetune: str = "none", steps: int = 10, lr: float = 1e-4, lora_rank: int = 8, seed: int = 0):
+    scores_unseen_classes = False  # a ProtoNet head: the support set's classes only
+    needs_pixels = True
+    meta_trains = True
+
+    def __init__(self, clip: Clip, experts: SparseInterpolatedExperts | None = None, name: str | None = None,
+                 finetune: str = "none", steps: int = 10, lr: float = 1e-4, lora_rank: int = 8, seed: int = 0,
+                 meta: dict | None = None):
         super().__init__(clip)
         if finetune not in FINETUNE_MODES:
             raise ValueError(f"unknown finetune {finetune!r}; allowed: {', '.join(FINETUNE_MODES)}")
+        self.meta = dict(meta or {})  # meta_train's options for :meth:`meta_train` (masks, num_experts, ...)
+        if experts is None:  # untrained until meta_train
+            options = {key: self.meta[key] for key in ("masks", "num_experts", "sparsity", "blocks", "density") if key in self.meta}
+            experts = SparseInterpolatedExperts(clip, seed=seed, **options)
         self.experts, self.finetune, self.steps, self.lr, self.lora_rank, self.seed = experts, finetune, steps, lr, lora_rank, seed
         self.name = name or f"{experts.mode}{'' if finetune == 'none' else ' +' + finetune}"
-        self.params: torch.Tensor | None = None  # θ_i, flat (N,), after fit
-        self.protos: torch.Tensor | None = None
+        self.register_buffer("params", None)  # θ_i, flat (N,), after fit
+        self.register_buffer("protos", None)
+
+    def meta_train(self, episodes: Sequence[Episode]) -> "SMAT":
+        """Meta-train the experts and router on ``episodes`` (:func:`meta_train`, with ``meta``'s options)."""
+        self.experts = meta_train(self.clip, episodes, seed=self.seed, progress=False, **self.meta)
+        return self
 
     def fit(self, support: ImageDataset) -> "SMAT":
         self._remember(support)
@@ -726,8 +741,9 @@ class SMAT(Method):
             raise ValueError("SMAT's ProtoNet head scores the support set's classes only")
         return cosine_logits(self.experts.features(self.params, self.experts.region.inputs(images)), self.protos).cpu()
 
-    def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.experts.parameters())
+
+
+register_method("SMAT", SMAT, paper="Chen et al., ICML 2024", name="SMAT", meta={"masks": "learned", "num_experts": 4})
 
 
 def adapt_to_tasks(experts: SparseInterpolatedExperts, inputs: torch.Tensor, labels: torch.Tensor, support_pre: torch.Tensor,
