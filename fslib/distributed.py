@@ -20,27 +20,13 @@ single-process code path is unchanged. NCCL on CUDA, gloo on a CPU.
 """
 from __future__ import annotations
 
-import argparse
 import os
-from pathlib import Path
 from typing import Iterable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
-
-
-def launch_parser(description: str, out: str) -> argparse.ArgumentParser:
-    """A parser with the arguments every launchable training entry point shares (``--model``,
-    ``--pretrained``, ``--seed``, ``--device``, ``--out``, default ``out``); each entry point adds its own."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", default="fslib-tiny-vit", help="an open_clip architecture")
-    parser.add_argument("--pretrained", default="embedded", help="an open_clip tag, a checkpoint path, or 'embedded'")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (one GPU per process under torchrun)")
-    parser.add_argument("--out", type=Path, default=Path(out), help="where rank 0 saves the weights")
-    return parser
 
 
 def setup(device: torch.device | str = "cpu") -> tuple[int, int]:

@@ -1,7 +1,6 @@
 """One plotting style for every notebook, and ``save`` into ``runs/figures/<notebook>/``."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import matplotlib.pyplot as plt

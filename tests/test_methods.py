@@ -110,3 +110,27 @@ def test_a_registered_method_is_one_of_the_comparisons_contenders(random_clip, n
     tasks = [compare.Task("base-to-new", "toy", 2, 1, data, {"base": data, "new": new})]
     results = compare.run(random_clip, {"nearest centroid": contenders["nearest centroid"]}, chosen, tasks, progress=False)
     assert set(results.part) == {"base", "new"} and results.accuracy.notna().all()
+
+
+def test_the_launcher_saves_a_method_that_loads_with_the_same_logits(tmp_path, capsys):
+    from fslib import launch
+    from fslib.data import load_dataset
+    from fslib.methods import load_method
+    from fslib.models import load_clip
+
+    out = tmp_path / "cite.pt"
+    launch.main(["clip-cite", "--dataset", "colors", "--shots", "1", "--epochs", "1", "--out", str(out)])
+    summary = capsys.readouterr().out
+    assert '"command": "clip-cite"' in summary and '"new":' in summary
+    method = load_method(out, load_clip())
+    assert method.name == "CLIP-CITE" and method.made_as == ("CLIP-CITE", {"epochs": 1, "lr": 1e-5, "batch_size": 32,
+                                                                           "seed": 1, "grad_checkpointing": False})
+    test = load_dataset("colors", "test").subset(range(6))
+    assert torch.equal(method.logits(test), load_method(out, load_clip()).logits(test))
+
+
+def test_save_method_asks_for_a_registered_method(random_clip, tmp_path):
+    from fslib.methods import ZeroShot, save_method
+
+    with pytest.raises(ValueError, match="was not made by create_method"):
+        save_method(ZeroShot(random_clip), tmp_path / "zero.pt")

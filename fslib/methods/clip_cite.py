@@ -24,7 +24,6 @@ Table 4's loss subsets, FrozenTC / FrozenTE, plain fine-tuning (``L_DVA`` only, 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from typing import Sequence
@@ -35,13 +34,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fslib import distributed
-from fslib.data import ImageDataset, load_dataset
-from fslib.evaluation import evaluate
+from fslib.data import ImageDataset
 from fslib.features import augment_pixels, preprocess_images
-from fslib.fewshot import base_to_new_sets, few_shot
 from fslib.methods.base import Images, Method
 from fslib.methods.registry import TOWER_LEARNING_RATES, Knob, create_method, register_method
-from fslib.models import Clip, in_text_tower, load_clip, prompt_logits_cpu, prompt_tokens
+from fslib.models import Clip, in_text_tower, prompt_logits_cpu, prompt_tokens
 from fslib.training import minibatches, train
 
 
@@ -244,32 +241,3 @@ def interpolation_path(ratios: Sequence[float]) -> list[dict]:
     """``variations`` for :func:`~fslib.evaluation.base_to_new`: a fine-tuned model is scored at every
     WiSE-FT ratio in ``ratios`` (its test-time setting ``ratio``); any other method once, as it is."""
     return [{"ratio": ratio} for ratio in ratios]
-
-
-def main() -> None:
-    """Fine-tune CLIP-CITE (or another of ``VARIANTS``) on a dataset's base classes, save the interpolated
-    weights and print base and new accuracy (rank 0), on one process or, under
-    ``torchrun --nproc_per_node N -m fslib.methods.clip_cite``, data-parallel on N (one GPU each, or CPU
-    processes): each rank encodes its slice of every batch, the losses see the gathered batch."""
-    parser = distributed.launch_parser(main.__doc__, "clip_cite.pt")
-    parser.add_argument("--dataset", default="shapes_sketch", help="a kit dataset, a torchvision name or an image folder")
-    parser.add_argument("--variant", default="CLIP-CITE", choices=list(VARIANTS))
-    parser.add_argument("--shots", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--batch-size", type=int, default=32, help="the global batch, split over the ranks")
-    parser.add_argument("--grad-checkpointing", action="store_true")
-    args = parser.parse_args()
-    _, world = distributed.setup(args.device)
-    clip = load_clip(args.model, args.pretrained, distributed.rank_device(args.device))
-    base_train, base_test, new_test = base_to_new_sets(load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test"))
-    method = make_variant(clip, args.variant, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                          grad_checkpointing=args.grad_checkpointing).fit(few_shot(base_train, args.shots, args.seed))
-    if distributed.is_main():
-        torch.save(method.interpolated().state_dict(), args.out)
-        print(json.dumps({"ranks": world, "fit_seconds": round(method.fit_seconds, 1), "base": round(evaluate(method, base_test), 2),
-                          "new": round(evaluate(method, new_test, new_test.classnames), 2)}))
-
-
-if __name__ == "__main__":
-    main()

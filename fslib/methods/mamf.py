@@ -22,9 +22,7 @@ while FOMAML starts at zero-shot accuracy; ``random_heads=True`` reproduces that
 from __future__ import annotations
 
 import copy
-import json
 import math
-import time
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -40,7 +38,7 @@ from fslib.features import preprocess_images
 from fslib.fewshot import Episode, EpisodeSampler, few_shot
 from fslib.methods.base import Images, Method
 from fslib.methods.registry import register_method
-from fslib.models import Clip, in_text_tower, load_clip, prompt_features, prompt_logits_cpu, prompt_tokens
+from fslib.models import Clip, in_text_tower, prompt_features, prompt_logits_cpu, prompt_tokens
 from fslib.progress import tqdm
 from fslib.training import autocast, make_optimizer, minibatches, train
 
@@ -427,35 +425,3 @@ def choose_settings(validation: pd.DataFrame) -> dict[str, tuple[float, int]]:
     means = validation.groupby(["method", "lr", "adapt_epochs"], sort=False).accuracy.mean()
     best = {arm: means.loc[arm].idxmax() for arm in validation.method.unique() if arm != "zero-shot"}
     return {arm: (float(lr), int(adapt_epochs)) for arm, (lr, adapt_epochs) in best.items()}
-
-
-def main() -> None:
-    """Meta-train MAMF, FOMAML or fine-tuning on a dataset and save the weights (rank 0), on one process or,
-    under ``torchrun --nproc_per_node N -m fslib.methods.mamf``, data-parallel on N: the tasks stay in
-    order (each one's update starts from the last one's weights), and within a task every batch is split
-    over the ranks with its features gathered (:mod:`fslib.distributed`)."""
-    parser = distributed.launch_parser(main.__doc__, "mamf.pt")
-    parser.add_argument("--dataset", default="textures", help="a kit dataset, a torchvision name or an image folder")
-    parser.add_argument("--strategy", default="mamf", choices=STRATEGIES)
-    parser.add_argument("--n-way", type=int, default=5)
-    parser.add_argument("--train-per-class", type=int, default=8, help="training images per class (0: all)")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--batch-size", type=int, default=32, help="the global batch, split over the ranks")
-    args = parser.parse_args()
-    _, world = distributed.setup(args.device)
-    clip = load_clip(args.model, args.pretrained, distributed.rank_device(args.device))
-    train_set = load_dataset(args.dataset, "train")
-    if args.train_per_class:
-        train_set = few_shot(train_set, args.train_per_class, args.seed)
-    started = time.perf_counter()
-    trained = meta_train(clip, train_set, args.strategy, args.n_way, epochs=args.epochs, lr=args.lr,
-                         batch_size=args.batch_size, seed=args.seed)
-    if distributed.is_main():
-        torch.save(trained.model.state_dict(), args.out)
-        print(json.dumps({"ranks": world, "strategy": args.strategy, "tasks": len(mamf_tasks(train_set, args.n_way, args.seed)),
-                          "seconds": round(time.perf_counter() - started, 1)}))
-
-
-if __name__ == "__main__":
-    main()

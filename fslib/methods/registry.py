@@ -1,6 +1,6 @@
 """One registry of the kit's methods, variants and baselines, filled where each is defined (as open_clip
 registers its model configurations): ``create_method(name, clip, **overrides)`` builds any of them,
-``list_methods()`` names them.
+``list_methods()`` names them, ``save_method`` and ``load_method`` keep a fitted one.
 
 A registration names the paper it comes from, its default settings, and, for the methods 06 compares
 on labelled shots (``compared=True``), the one hyper-parameter 06 chooses on validation (a :class:`Knob`).
@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from fslib.methods.base import Method
 from fslib.models import Clip
@@ -89,4 +92,24 @@ def create_method(name: str, clip: Clip, /, **overrides: Any) -> Method:
     if unknown:
         allowed = [p for p in inspect.signature(entry.build).parameters if p != "clip"]
         raise ValueError(f"{name} takes no option {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
-    return entry.build(clip, **{**entry.defaults, **overrides})
+    method = entry.build(clip, **{**entry.defaults, **overrides})
+    method.made_as = (name, dict(overrides))  # what save_method records
+    return method
+
+
+def save_method(method: Method, path: str | Path) -> None:
+    """Save a fitted method made by :func:`create_method`: its registered name, the options it was made
+    with and its ``state_dict`` (what ``fit`` and any meta-training learned)."""
+    if getattr(method, "made_as", None) is None:
+        raise ValueError(f"{method.name} was not made by create_method: build it with create_method to save it")
+    name, options = method.made_as
+    torch.save({"method": name, "options": options, "state": method.state_dict()}, path)
+
+
+def load_method(path: str | Path, clip: Clip) -> Method:
+    """A method saved by :func:`save_method`, on ``clip`` (the model it was fitted from): its logits are
+    the saved method's."""
+    saved = torch.load(path, map_location=clip.device, weights_only=False)
+    method = create_method(saved["method"], clip, **saved["options"])
+    method.load_state_dict(saved["state"])
+    return method
