@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from fslib.evaluation import evaluate
 from fslib.features import preprocess_images
 from fslib.fewshot import EpisodeSampler
-from fslib.methods.smat import (_REGION_INPUTS, SMAT, ExpertRegion, SparseInterpolatedExperts, adapt_to_tasks, evaluate_experts,
-                                hard_concrete, is_open, make_benchmark, meta_train, novel_class_split, stack_tasks, task_tensors)
+from fslib.methods.smat import (SMAT, SparseInterpolatedExperts, adapt_to_tasks, evaluate_experts, hard_concrete, is_open,
+                                make_benchmark, meta_train, novel_class_split)
+from fslib.methods.smat_region import _REGION_INPUTS, ExpertRegion, stack_tasks, task_tensors
 from tests.conftest import make_dataset
 
 
