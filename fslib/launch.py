@@ -24,8 +24,8 @@ from fslib.fewshot import base_to_new_sets, few_shot
 from fslib.methods import create_method, save_method
 from fslib.methods.clip_cite import VARIANTS
 from fslib.methods.mamf import STRATEGIES, mamf_tasks, meta_train
-from fslib.methods.smat import make_benchmark
 from fslib.models import Clip, load_clip
+from fslib.protocols import make_benchmark
 
 
 def clip_cite(args: argparse.Namespace, clip: Clip) -> dict:

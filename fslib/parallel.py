@@ -3,7 +3,7 @@
 Why processes, not threads: an episode's tensors are small (tens of images through one block), so torch's
 second intra-op thread leaves a core mostly idle. Measured on 03's SMAT (2-core AVX512-BF16 CPU, bf16, shots 5):
 one seed took 135 s on two threads and 147 s on one, while two seeds in two one-thread processes finished together
-in 147 s, 1.85x the throughput. On a 2-core AVX2 CPU in fp32, :func:`~fslib.methods.smat.compare_variants` over 3
+in 147 s, 1.85x the throughput. On a 2-core AVX2 CPU in fp32, :func:`~fslib.studies.smat.compare_variants` over 3
 seeds (100 meta-training and 10 test episodes per dataset) took 127 s in one process and 75 s in two (1.7x), with
 identical results. Threads sharing one model cannot replace processes here: ``functional_call``
 swaps a module's parameters in place, and torch's random generator is global.
@@ -100,6 +100,15 @@ def _start_worker(threads: int, payload: bytes | None = None) -> None:
             _SHARED[key], _KEYS[id(obj)] = obj, key
             share_type(obj)
         training.set_precision(precision)
+
+
+def rebuilt(cls: type, args: tuple, kwargs: dict, state: dict, attributes: dict, training: bool) -> torch.nn.Module:
+    """A module pickled as its constructor's arguments, its ``state_dict`` and plain attributes (a module's
+    ``__reduce__`` returns ``rebuilt`` with them), in the training mode it had."""
+    module = cls(*args, **kwargs)
+    module.load_state_dict(state)
+    module.__dict__.update(attributes)
+    return module.train(training)
 
 
 def share_type(obj: Any) -> None:

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from IPython.display import Code
 
-from fslib import compare
 from fslib.methods import apex, clip_cite, llu, mamf, smat
 from fslib.models import ensemble_prompts
+from fslib.studies import compare
 
 
 def show_code(*objects: Any) -> Code:

@@ -27,7 +27,7 @@ from fslib.features import encode_images
 from fslib.methods import apex
 from fslib.methods.llu import update_field_2d
 from fslib.models import Clip, ensemble_prompts
-from fslib.plots import update_fields
+from fslib.studies.llu import update_fields
 
 
 @dataclass

@@ -112,7 +112,7 @@ def test_one_modality_ensembles_mix_only_that_modality(random_clip):
 def test_gains_over_zero_shot_pair_each_method_with_zero_shot_on_the_same_seed():
     import pandas as pd
 
-    from fslib.methods.apex import gains_over_zero_shot
+    from fslib.studies.apex import gains_over_zero_shot
 
     results = pd.DataFrame([(1, "zero-shot", 50.0), (1, "VPT", 60.0), (2, "zero-shot", 40.0), (2, "VPT", 70.0)],
                            columns=["seed", "method", "accuracy"]).assign(dataset="a", part="base")

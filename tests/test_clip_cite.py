@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fslib.methods.clip_cite import (at_ratio, dva_loss, interpolate_weights, interpolation_path, make_variant,
-                                     same_class_negatives, scl_loss, vld_loss)
 from fslib.methods import ZeroShot
+from fslib.methods.clip_cite import dva_loss, interpolate_weights, make_variant, same_class_negatives, scl_loss, vld_loss
+from fslib.studies.clip_cite import at_ratio, interpolation_path
 from tests.conftest import make_dataset
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from fslib.methods.baselines import zero_shot_table
+from fslib.studies.zero_shot import zero_shot_table
 from fslib.models import EMBEDDED_CHECKPOINT, load_clip
 from fslib.world.pretrain import ASSETS
 from fslib.world.suite import WORLD_DATASETS

@@ -87,7 +87,7 @@ def test_llu_is_fast_by_construction_cached_features_and_two_small_maps(random_c
 
 def test_tuned_on_validation_picks_from_the_grid_on_the_supports_classes(random_clip):
     from fslib.fewshot import base_new_split
-    from fslib.methods.base import TunedOnValidation
+    from fslib.protocols import TunedOnValidation
 
     support, _ = base_new_split(make_dataset(4, 5))
     tuned = TunedOnValidation(lambda alpha: TipAdapter(random_clip, alpha=alpha), [0.5, 2.0],

@@ -5,8 +5,9 @@ import torch
 import pandas as pd
 
 from fslib.fewshot import EpisodeSampler
-from fslib.methods.mamf import (PromptFineTune, choose_settings, compare_strategies, fomaml_task_update, mamf_budget,
-                               meta_train, meta_train_on_episodes, sample_tasks, task_count, train_arm)
+from fslib.methods.mamf import (PromptFineTune, fomaml_task_update, mamf_budget, meta_train, meta_train_on_episodes,
+                               sample_tasks, task_count)
+from fslib.studies.mamf import choose_settings, compare_strategies, train_arm
 from tests.conftest import make_dataset
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fslib import compare
+from fslib import protocols
 from fslib.fewshot import EpisodeSampler
 from fslib.methods import Method, create_method, list_methods, register_method, registered
 from fslib.methods.registry import unregister_method
@@ -93,22 +93,26 @@ class NearestCentroid(Method):
 
 @pytest.fixture
 def nearest_centroid():
-    register_method("nearest centroid", NearestCentroid, paper="Snell et al., 2017", compared=True)
+    register_method("nearest centroid", NearestCentroid, paper="Snell et al., 2017", compared=True,
+                    parameter_efficient=True)
     yield
     unregister_method("nearest centroid")
 
 
 def test_a_registered_method_is_one_of_the_comparisons_contenders(random_clip, nearest_centroid):
+    from fslib.studies import compare
+
     contenders = compare.contenders(random_clip, epochs=1, steps=2, views=0)
     assert list(contenders)[-1] == "nearest centroid"
-    tuning = compare.choose_hyperparameters({"nearest centroid": contenders["nearest centroid"]}, lambda make: 0.0, seed=1,
-                                            progress=False)
-    chosen = tuning[tuning.chosen].set_index("method").value.to_dict()
+    assert compare.parameter_efficient() == ["linear probe", "Tip-Adapter", "CLIP-Adapter", "LLU", "CoOp", "APEX",
+                                             "nearest centroid"]  # a rival of the claims on parameter-efficient methods
+    mine = {"nearest centroid": contenders["nearest centroid"]}
+    tuning = protocols.choose_hyperparameters(mine, lambda make: 0.0, seed=1, progress=False)
     data = make_dataset(4, 4)
     new = make_dataset(2, 3, seed=5)
     new.classnames[:] = ["classX", "classY"]
-    tasks = [compare.Task("base-to-new", "toy", 2, 1, data, {"base": data, "new": new})]
-    results = compare.run(random_clip, {"nearest centroid": contenders["nearest centroid"]}, chosen, tasks, progress=False)
+    tasks = [protocols.Task("base-to-new", "toy", 2, 1, data, {"base": data, "new": new})]
+    results = protocols.run(protocols.at_chosen(mine, tuning), tasks, progress=False)
     assert set(results.part) == {"base", "new"} and results.accuracy.notna().all()
 
 

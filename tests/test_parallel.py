@@ -87,14 +87,14 @@ def test_trained_experts_pickle_through_their_state_dict(random_clip):
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_shared_drivers_in_worker_processes_equal_one_process(tmp_path, random_clip, one_and_two_processes, monkeypatch,
                                                              method):
-    """evaluation.base_to_new, few_shot_sweep and select_on_validation hand their units to map_units: two
+    """protocols.base_to_new, few_shot_sweep and select_on_validation hand their units to map_units: two
     one-thread processes, forked or spawned, give one process's rows, in the same order."""
     monkeypatch.setenv("FSLIB_START_METHOD", method)
     import numpy as np
     from PIL import Image
 
     from fslib.data import load_dataset
-    from fslib.evaluation import base_to_new, few_shot_sweep, select_on_validation
+    from fslib.protocols import base_to_new, few_shot_sweep, select_on_validation
     from fslib.methods import LinearProbe, ZeroShot
     from fslib.methods.llu import LLU
 
@@ -107,8 +107,8 @@ def test_shared_drivers_in_worker_processes_equal_one_process(tmp_path, random_c
     factories = {"zero-shot": lambda seed: ZeroShot(random_clip), "linear probe": lambda seed: LinearProbe(random_clip),
                  "LLU": lambda seed: LLU(random_clip, steps=5, views=2, seed=seed)}
     runs = one_and_two_processes(lambda: (
-        base_to_new(factories, [path], 2, [1, 2, 3], progress=False).drop(columns="fit_seconds"),
-        few_shot_sweep(factories["LLU"], load_dataset(path, "train"), load_dataset(path, "test"), [1, 2], [1, 2], progress=False),
+        base_to_new(factories, [path], 2, [1, 2, 3], progress=False).drop(columns=["fit_seconds", "peak_mb"]),
+        few_shot_sweep({"LLU": factories["LLU"]}, [path], [1, 2], [1, 2], progress=False).drop(columns=["fit_seconds", "peak_mb"]),
         select_on_validation(lambda steps: LLU(random_clip, steps=steps, views=2, seed=1), [1, 3, 5],
                              load_dataset(path, "train"), load_dataset(path, "test"))[1]))
     for one, two in zip(runs["1"], runs["2"]):
@@ -118,9 +118,9 @@ def test_shared_drivers_in_worker_processes_equal_one_process(tmp_path, random_c
 
 
 def test_apex_and_mamf_drivers_in_forked_processes_equal_one_process(random_clip, one_and_two_processes):
-    """apex.base_to_new (units: dataset x seed x prompt family) and mamf.compare_strategies (units: dataset x
+    """02's base-to-new study (units: dataset x prompt family) and 01's compare_strategies (units: dataset x
     seed x arm x lr, zero-shot apart) give one process's rows, in the loops' order, from two one-thread processes."""
-    from fslib.methods import apex, mamf
+    from fslib.studies import apex, mamf
 
     def both_drivers() -> tuple:
         prompts = apex.base_to_new(random_clip, ["colors"], 1, [1, 2], epochs=1, lr=0.1, betas=[0, 4], alphas=[0.5],

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fslib import params
-from fslib.evaluation import accuracy, harmonic_mean, mean_ci, select_on_validation
+from fslib.evaluation import accuracy, harmonic_mean, mean_ci
+from fslib.protocols import select_on_validation
 
 GOOD = dict(model="fslib-tiny-vit", pretrained="embedded", datasets=["shapes", "counting"], shots=4, seeds=[1, 2, 3],
             device="cpu", precision="auto")
@@ -183,10 +184,9 @@ def test_tables_of_an_image_folder_join_on_its_name(tmp_path, random_clip):
     import numpy as np
     from PIL import Image
 
-    from fslib.data import load_dataset
-    from fslib.evaluation import few_shot_sweep
     from fslib.methods import LinearProbe
-    from fslib.methods.baselines import zero_shot_table
+    from fslib.protocols import few_shot_sweep
+    from fslib.studies.zero_shot import zero_shot_table
 
     rng = np.random.default_rng(0)
     for c in ("cat", "dog"):
@@ -195,8 +195,7 @@ def test_tables_of_an_image_folder_join_on_its_name(tmp_path, random_clip):
             Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "pets" / c / f"{i}.png")
     path = str(tmp_path / "pets")
     spectrum = zero_shot_table(random_clip, [path])
-    probe = few_shot_sweep(lambda seed: LinearProbe(random_clip), load_dataset(path, "train"), load_dataset(path, "test"),
-                           [2], [1, 2], progress=False)
+    probe = few_shot_sweep({"linear probe": lambda seed: LinearProbe(random_clip)}, [path], [2], [1, 2], progress=False)
     joined = spectrum.set_index("dataset").join(probe.groupby("dataset").accuracy.mean())
     assert list(joined.index) == ["pets"] and np.isfinite(joined.loc["pets", ["zero_shot", "accuracy"]].astype(float)).all()
 

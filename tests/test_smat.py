@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from fslib.evaluation import evaluate
 from fslib.features import preprocess_images
 from fslib.fewshot import EpisodeSampler
-from fslib.methods.smat import (SMAT, SparseInterpolatedExperts, adapt_to_tasks, evaluate_experts, hard_concrete, is_open,
-                                make_benchmark, meta_train, novel_class_split)
+from fslib.methods.smat import SMAT, SparseInterpolatedExperts, adapt_to_tasks, hard_concrete, is_open, meta_train
 from fslib.methods.smat_region import _REGION_INPUTS, ExpertRegion, stack_tasks, task_tensors
+from fslib.protocols import make_benchmark, novel_class_split
+from fslib.studies.smat import evaluate_experts
 from tests.conftest import make_dataset
 
 
@@ -216,7 +217,7 @@ def test_two_gloo_processes_meta_train_like_one(tmp_path):
 def test_variants_in_forked_processes_equal_one_process(random_clip, one_and_two_processes):
     """compare_variants and sparsity_tradeoff hand (seed, variant) units to fslib.parallel: two one-thread
     processes give exactly the numbers, densities and chosen LRs of one process on one thread."""
-    from fslib.methods.smat import compare_variants, sparsity_tradeoff
+    from fslib.studies.smat import compare_variants, sparsity_tradeoff
 
     benches = {seed: make_benchmark(["shapes"], ["counting"], n_way=3, shots=1, queries=2, train_tasks=4, test_tasks=2,
                                     val_tasks=1, novel=5, seed=seed, test_per_class=6) for seed in (1, 2)}

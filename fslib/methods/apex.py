@@ -26,27 +26,24 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from sklearn.metrics import precision_score
 
-from fslib import parallel
-from fslib.data import ImageDataset, load_dataset
-from fslib.evaluation import accuracy, cross_dataset, summarise
-from fslib.features import augment_pixels, encode_images, preprocess_images
-from fslib.fewshot import base_to_new_sets, few_shot, fixed_test_sample
+from fslib.data import ImageDataset
+from fslib.features import augment_pixels, encode_images, memory_cache, preprocess_images
 from fslib.methods.base import Images, Method
 from fslib.methods.registry import Knob, create_method, register_method
 from fslib.models import Clip, zero_shot_classifier
-from fslib.training import autocast, frozen, minibatches, train
+from fslib.training import autocast, frozen, minibatches, precision, train
 
 APEX_TEMPLATE = "a photo of a {}."
 ENSEMBLE_TEXT = ("prompted", "zero-shot")
+_CLEAN = memory_cache()  # the frozen tower's unnormalised features per test set (PromptedCLIP.image_features_clean)
 ENSEMBLE_MODALITIES = ("both", "text", "image", "off")
 
 
@@ -134,6 +131,7 @@ class PromptedCLIP(Method):
         self.adapter_matrix = nn.Parameter(torch.eye(dim, device=device))
         self.adapter_bias = nn.Parameter(torch.zeros(dim, device=device))
         self.register_buffer("train_text_zero_shot", None)  # the training classes' zero-shot text, set by fit
+        self._prompted: dict[str, torch.Tensor] = {}  # prompted image features per test set, for this fit
 
     @property
     def needs_pixels(self) -> bool:
@@ -190,6 +188,7 @@ class PromptedCLIP(Method):
 
     def fit(self, support: ImageDataset) -> "PromptedCLIP":
         self._remember(support)
+        self._prompted = {}
         self.train_text_zero_shot = zero_shot_classifier(self.clip, self.classnames, [APEX_TEMPLATE])
         params = self._trainable()
         if not params:
@@ -232,8 +231,12 @@ class PromptedCLIP(Method):
     @torch.no_grad()
     def image_features_clean(self, images: ImageDataset) -> torch.Tensor:
         """The frozen tower's unnormalised image features (what the ensemble mixes back in, Alg. 2).
-        They depend on neither the prompts nor the seed, so a sweep computes them once per test set."""
-        return self._encode_in_chunks(self.clip.model.encode_image, images)
+        They depend on neither the prompts nor the seed: computed once per test set in this process."""
+        key = f"{self.clip.weights_fingerprint()}:{images.fingerprint()}:{precision(self.clip.device)}"
+        clean = _CLEAN.get(key)
+        if clean is None:
+            clean = _CLEAN[key] = self._encode_in_chunks(self.clip.model.encode_image, images)
+        return clean
 
     def _encode_in_chunks(self, encode: Callable[[torch.Tensor], torch.Tensor], images: ImageDataset) -> torch.Tensor:
         """``encode`` over the preprocessed images, 256 at a time, under the kit's precision; fp32 out."""
@@ -253,7 +256,10 @@ class PromptedCLIP(Method):
             return self.image_features_frozen(images), None
         if isinstance(images, torch.Tensor):
             raise TypeError(f"{self.name} prompts the image tower: pass an ImageDataset, not cached features")
-        prompted = self._encode_in_chunks(self.image_features_prompted, images)
+        key = images.fingerprint()  # one pass per test set and fit, however many ways it is scored
+        if key not in self._prompted:
+            self._prompted[key] = self._encode_in_chunks(self.image_features_prompted, images)
+        prompted = self._prompted[key]
         if clean is None and (ensemble or self.ensemble).modality in ("both", "image"):
             clean = self.image_features_clean(images)
         return prompted, clean
@@ -295,6 +301,10 @@ class PromptedCLIP(Method):
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self._trainable())
 
+    def allocate(self, state_dict) -> None:
+        self._prompted = {}
+        super().allocate(state_dict)
+
 
 # The efficient-transfer families compared in the paper, as switches of PromptedCLIP (-1: every block).
 FAMILIES = {
@@ -315,11 +325,11 @@ _PAPERS = {"zero-shot": "Radford et al., 2021", "CoOp": "Zhou et al., 2022 (IJCV
            "VPT": "Jia et al., 2022", "TA": "Yang, Ko, Yun, 2023, Eq. 11", "VPT+TA": "Yang, Ko, Yun, 2023, §4.1"}
 for _family, _config in FAMILIES.items():
     register_method(FAMILY_METHODS[_family], PromptedCLIP, paper=_PAPERS[_family], name=_family, **_config,
-                    compared=_family == "CoOp", knob=Knob("lr", (0.05, 0.15, 0.5, 1.5, 5.0, 15.0, 50.0), 1))
+                    compared=_family == "CoOp", parameter_efficient=_family != "zero-shot", knob=Knob("lr", (0.05, 0.15, 0.5, 1.5, 5.0, 15.0, 50.0), 1))
 for _label, _modality in ENSEMBLES.items():  # with the official configs' training augmentation
     register_method(_label, PromptedCLIP, paper="Yang, Ko, Yun, 2023, §4.2, Table 5", name=_label,
                     **{**FAMILIES["VPT+TA"], "ensemble": True}, ensemble_modality=_modality, augment=True,
-                    compared=_label == "APEX", knob=Knob("lr", (0.015, 0.05, 0.15, 0.5, 1.5, 5.0, 15.0), 1))
+                    compared=_label == "APEX", parameter_efficient=True, knob=Knob("lr", (0.015, 0.05, 0.15, 0.5, 1.5, 5.0, 15.0), 1))
 
 
 def make_family(clip: Clip, family: str, **overrides) -> PromptedCLIP:
@@ -338,97 +348,3 @@ def distance_table(clip: Clip, train_classes: Sequence[str], eval_classes: Seque
     alpha = ensemble_weights(train_text, eval_text, beta, epsilon)
     return pd.DataFrame({"class": list(eval_classes), "d_avg": d_avg.cpu().numpy(), "d_nn": d_nn.cpu().numpy(),
                          "alpha": alpha.cpu().numpy()})
-
-
-def _ensemble_sweep(method: PromptedCLIP, features, test: ImageDataset, betas: Sequence[float],
-                    alphas: Sequence[float]) -> list[dict]:
-    """New-class accuracy over β (adaptive α) and over a fixed α, from one pass of image features."""
-    rows, apex = [], replace(method.ensemble, modality="both")
-    for knob, values in (("beta", betas), ("alpha", alphas)):
-        for value in values:
-            ensemble = replace(apex, beta=value) if knob == "beta" else replace(apex, fixed_alpha=value)
-            logits = method.logits_from_features(*features, test.classnames, ensemble)
-            rows.append({"knob": knob, "value": value, "accuracy": accuracy(logits, test.labels)})
-    return rows
-
-
-def zero_shot_difficulty(clip: Clip, test: ImageDataset) -> dict:
-    """Zero-shot accuracy and macro precision (%) over all classes, and RTD from the accuracy (Def. 1)."""
-    predictions = make_family(clip, "zero-shot").fit(test).logits(test).argmax(dim=-1).numpy()
-    acc = float((predictions == test.labels).mean())
-    precision = precision_score(test.labels, predictions, average="macro", zero_division=0)
-    return {"dataset": test.name, "zero_shot_accuracy": 100 * acc, "zero_shot_precision": 100 * precision,
-            "rtd": relative_transfer_difficulty(acc, test.num_classes)}
-
-
-def base_to_new(clip: Clip, datasets: Sequence[str], shots: int, seeds: Sequence[int], epochs: int, lr: float,
-                betas: Sequence[float] = (), alphas: Sequence[float] = (), augment: bool = False,
-                progress: bool = True, test_per_class: int | None = None):
-    """Base-to-new generalisation (CoCoOp's protocol, APEX §5): fit on ``shots`` images of each base
-    class, test on base and new classes separately. APEX and its one-modality variants (:data:`ENSEMBLES`)
-    reuse VPT+TA's fitted prompts and adapter. Also returns new-class accuracy for a sweep of β and of a
-    fixed α (the paper's Tables 12-13), each dataset's zero-shot difficulty on its full test split, and
-    the new classes' distances to the base classes with their α. ``test_per_class`` scores the methods on
-    a fixed sample of the test split.
-
-    Each (dataset, seed, family) is a unit of :func:`fslib.parallel.map_units`. Returns ``(results, sweeps,
-    difficulty, distances)`` DataFrames.
-    """
-    difficulty, distances, prepared = [], [], {}
-    for name in datasets:
-        train, test = load_dataset(name, "train"), load_dataset(name, "test")
-        difficulty.append(zero_shot_difficulty(clip, test))
-        base_train, base_test, new_test = base_to_new_sets(train, fixed_test_sample(test, test_per_class))
-        distances.append(distance_table(clip, base_train.classnames, new_test.classnames).assign(dataset=name))
-        parts = {"base": base_test, "new": new_test}
-        zero = make_family(clip, "zero-shot")
-        prepared[name] = base_train, parts, {part: zero.image_features_clean(test_part) for part, test_part in parts.items()}
-
-    def fit_family(unit: tuple[str, int, str]) -> tuple[list[dict], list[dict]]:
-        name, seed, family = unit
-        base_train, parts, clean = prepared[name]
-        method = make_family(clip, family, epochs=epochs, lr=lr, augment=augment, seed=seed).fit(few_shot(base_train, shots, seed))
-        results, sweeps = [], []
-        for part, test_part in parts.items():
-            features = method.image_features_pair(test_part, clean[part])  # one image pass per part
-            for label in [family] + (list(ENSEMBLES) if family == "VPT+TA" else []):
-                ensemble = replace(method.ensemble, modality=ENSEMBLES[label]) if label in ENSEMBLES else None
-                acc = accuracy(method.logits_from_features(*features, test_part.classnames, ensemble), test_part.labels)
-                results.append({"dataset": name, "seed": seed, "method": label, "part": part, "accuracy": acc})
-                if label == "APEX" and part == "new":
-                    sweeps += [{"dataset": name, "seed": seed, **row} for row in _ensemble_sweep(method, features, test_part, betas, alphas)]
-        return results, sweeps
-
-    units = [(name, seed, family) for name in datasets for seed in seeds for family in FAMILIES]
-    done = parallel.map_units(fit_family, units, desc="datasets x seeds x families", progress=progress)
-    return (pd.DataFrame([row for results, _ in done for row in results]), pd.DataFrame([row for _, sweeps in done for row in sweeps]),
-            pd.DataFrame(difficulty), pd.concat(distances, ignore_index=True))
-
-
-def domain_generalisation(clip: Clip, source: str, targets: Sequence[str], shots: int, seeds: Sequence[int],
-                          epochs: int, lr: float, visual_depth: int = 3, augment: bool = False,
-                          test_per_class: int | None = None, progress: bool = True) -> pd.DataFrame:
-    """APEX's domain-generalisation protocol (§5, Table 4) on the kit's domains: fit APEX with shallower
-    visual prompts (``J_V = 3``, the official cross-domain config) on all classes of ``source`` and score
-    each target with the same class names. Every target class is then a training class (``d_nn = 0``), so
-    α = 1 and APEX is its VPT+TA: the test is whether the prompts and adapter survive the shift.
-    Returns :func:`~fslib.evaluation.cross_dataset`'s rows for zero-shot CLIP and APEX."""
-    factories = {"zero-shot": lambda seed: make_family(clip, "zero-shot"),
-                 "APEX": lambda seed: make_family(clip, "VPT+TA", visual_depth=visual_depth, ensemble=True, epochs=epochs,
-                                                  lr=lr, augment=augment, seed=seed)}
-    return cross_dataset(factories, source, targets, shots, seeds, progress=progress, test_per_class=test_per_class)
-
-
-def gains_over_zero_shot(results: pd.DataFrame, difficulty: pd.DataFrame) -> pd.DataFrame:
-    """One row per (seed, dataset, part, method): accuracy minus zero-shot CLIP's on the same test images,
-    with the dataset's RTD: the units of the paper's difficulty analyses (§3, Table 1)."""
-    wide = results.pivot_table(index=["seed", "dataset", "part"], columns="method", values="accuracy")
-    gains = wide.sub(wide["zero-shot"], axis=0).drop(columns="zero-shot").stack().rename("gain").reset_index()
-    return gains.merge(difficulty[["dataset", "rtd"]], on="dataset")
-
-
-def gain_summary(gains: pd.DataFrame, difficulty: pd.DataFrame, part: str, families: Sequence[str]) -> pd.DataFrame:
-    """Mean gain over zero-shot and its 95% CI over seeds per (dataset, method) of ``part`` ("base" or "new"),
-    with the dataset's difficulty: the points of the paper's gain-vs-difficulty figure (Fig. 3)."""
-    rows = gains[(gains.part == part) & gains.method.isin(families)]
-    return summarise(rows, ["dataset", "method"], "gain").rename(columns={"mean": "gain"}).merge(difficulty, on="dataset")

@@ -25,16 +25,13 @@ tensor of cached image features from :func:`fslib.features.encode_images`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
-import pandas as pd
 import torch
 import torch.nn as nn
 
 from fslib.data import ImageDataset
-from fslib.evaluation import select_on_validation
 from fslib.features import encode_images
-from fslib.fewshot import restrict_classes
 from fslib.models import Clip
 
 Images = ImageDataset | torch.Tensor
@@ -128,59 +125,3 @@ class Method(nn.Module, ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
-
-
-class TunedOnValidation(Method):
-    """A method whose hyper-parameter is chosen, at every ``fit``, on the validation split of the support
-    set's own dataset and classes (how Tip-Adapter and CLIP-Adapter set theirs), then refitted.
-
-    ``make(value)`` builds the method for one value of ``grid``; ``validation`` maps a dataset name to
-    its validation split (the support's classes are picked out by name). Test images are never seen.
-    With a ``memo`` dict shared across seeds, the value chosen for a dataset, class set and shot count
-    is searched once (on the first seed's support) and reused: one search per dataset, as papers tune.
-    It declares what the method it wraps declares.
-    """
-
-    def __init__(self, make: Callable[[object], Method], grid: Sequence, validation: Mapping[str, ImageDataset],
-                 memo: dict | None = None):
-        chosen = make(grid[0])
-        super().__init__(chosen.clip)
-        self.chosen, self.value = chosen, grid[0]
-        self.name, self.make, self.grid, self.validation, self.memo = chosen.name, make, list(grid), validation, memo
-        self.table: pd.DataFrame | None = None
-
-    scores_unseen_classes = property(lambda self: self.chosen.scores_unseen_classes)
-    needs_pixels = property(lambda self: self.chosen.needs_pixels)
-    test_time_settings = property(lambda self: self.chosen.test_time_settings)
-
-    def fit(self, support: ImageDataset) -> "TunedOnValidation":
-        self._remember(support)
-        key = (support.name, tuple(support.classnames), len(support))
-        if self.memo is not None and key in self.memo:
-            value, self.table = self.memo[key]
-        else:
-            if support.name not in self.validation:
-                raise ValueError(f"no validation split given for {support.name!r}; given: {', '.join(self.validation)}")
-            val = self.validation[support.name]
-            val = restrict_classes(val, [val.classnames.index(c) for c in support.classnames], "val")
-            value, self.table = select_on_validation(self.make, self.grid, support, val)
-            if self.memo is not None:
-                self.memo[key] = value, self.table
-        self.value, self.chosen = value, self.make(value).fit(support)
-        self.fit_seconds = self.chosen.fit_seconds
-        return self
-
-    def logits(self, images: Images, classnames: Sequence[str] | None = None, **settings: Any) -> torch.Tensor:
-        return self.chosen.logits(images, classnames, **settings)
-
-    def trainable_parameters(self) -> int:
-        return self.chosen.trainable_parameters()
-
-    def get_extra_state(self) -> dict:
-        return {**super().get_extra_state(), "value": self.value}
-
-    def allocate(self, state_dict: Mapping[str, Any]) -> None:
-        self.value = state_dict["_extra_state"]["value"]
-        self.chosen = self.make(self.value)  # the chosen value's method, to load its fitted state into
-        self.chosen.allocate({key.removeprefix("chosen."): value for key, value in state_dict.items()
-                              if key.startswith("chosen.")})

@@ -4,14 +4,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
-from scipy import stats
 from sklearn.linear_model import LogisticRegression
 
-from fslib.data import ImageDataset, load_dataset
-from fslib.evaluation import evaluate
-from fslib.fewshot import base_new_split
+from fslib.data import ImageDataset
 from fslib.methods.base import Images, Method
 from fslib.methods.registry import Knob, register_method
 from fslib.models import Clip, zero_shot_classifier
@@ -78,36 +74,4 @@ class LinearProbe(Method):
 
 register_method("zero-shot", ZeroShot, paper="Radford et al., 2021, Sec. 3.1.4", compared=True)
 register_method("linear probe", LinearProbe, paper="Radford et al., 2021, Sec. 3.2", compared=True,
-                knob=Knob("C", (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0), 1))
-
-
-def zero_shot_table(clip: Clip, names: Sequence[str], split: str = "test") -> pd.DataFrame:
-    """Zero-shot accuracy of ``clip`` on each named dataset, with its 95% Wilson interval over the test
-    images: ``dataset, domain, classes, images, chance, zero_shot, ci_low, ci_high``. ``dataset`` is the
-    loaded dataset's own name (an image folder's name, not its path), as every other table uses."""
-    rows = []
-    for name in names:
-        data = load_dataset(name, split)
-        acc = evaluate(ZeroShot(clip).fit(data), data)
-        interval = stats.binomtest(round(acc * len(data) / 100), len(data)).proportion_ci(method="wilson")
-        rows.append({"dataset": data.name, "domain": data.domain, "classes": data.num_classes, "images": len(data),
-                     "chance": 100 / data.num_classes, "zero_shot": acc,
-                     "ci_low": 100 * interval.low, "ci_high": 100 * interval.high})
-    return pd.DataFrame(rows)
-
-
-def new_class_signal(clip: Clip, names: Sequence[str], split: str = "val", above_chance: float = 10.0,
-                     ceiling: float = 90.0) -> pd.DataFrame:
-    """Which datasets can show whether a method keeps its new classes: zero-shot accuracy on the base
-    and new halves of ``split`` (validation by default, so no test image decides it), with
-    ``informative`` set where new-class accuracy lies ``above_chance`` points over chance and below
-    ``ceiling``. At chance there is nothing to lose, at the ceiling no room to show a loss."""
-    rows = []
-    for name in names:
-        base, new = base_new_split(load_dataset(name, split))
-        zero_shot = {part: evaluate(ZeroShot(clip).fit(data), data) for part, data in (("base", base), ("new", new))}
-        chance = 100 / new.num_classes
-        rows.append({"dataset": name, "zero-shot base": zero_shot["base"], "zero-shot new": zero_shot["new"],
-                     "new chance": chance,
-                     "informative": bool(chance + above_chance <= zero_shot["new"] <= ceiling)})
-    return pd.DataFrame(rows).set_index("dataset")
+                parameter_efficient=True, knob=Knob("C", (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0), 1))

@@ -28,7 +28,6 @@ import math
 import time
 from typing import Sequence
 
-import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -227,17 +226,3 @@ def make_variant(clip: Clip, variant: str, **overrides) -> FullFineTune:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
     return create_method(variant, clip, **overrides)
-
-
-def at_ratio(results: pd.DataFrame, rows: dict[str, tuple[str, float]]) -> pd.DataFrame:
-    """Rows of a ``base_to_new`` run with a ``ratio`` column, relabelled: ``{label: (method, ratio)}``.
-    How one fit serves several arms: plain fine-tuning (α = 1) and Table 4's DVA row (α = 0.5) share
-    the DVA-only fit, and α = 0 is zero-shot with CLIP-CITE's own single prompt."""
-    return pd.concat([results[(results.method == method) & (results.ratio == ratio)].assign(method=label)
-                      for label, (method, ratio) in rows.items()], ignore_index=True)
-
-
-def interpolation_path(ratios: Sequence[float]) -> list[dict]:
-    """``variations`` for :func:`~fslib.evaluation.base_to_new`: a fine-tuned model is scored at every
-    WiSE-FT ratio in ``ratios`` (its test-time setting ``ratio``); any other method once, as it is."""
-    return [{"ratio": ratio} for ratio in ratios]

@@ -27,15 +27,13 @@ import time
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.cluster import AgglomerativeClustering
 
-from fslib.data import ImageDataset, load_dataset
+from fslib.data import ImageDataset
 from fslib.features import augmented_features
-from fslib.fewshot import base_to_new_sets, few_shot
 from fslib.methods.base import Images, Method
 from fslib.methods.registry import Knob, register_method
 from fslib.models import Clip, zero_shot_classifier
@@ -227,10 +225,11 @@ class TipAdapter(_FeatureMethod):
 
 
 TIP_ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # Tip-Adapter's residual weight: the ladder 06 searches
-register_method("Tip-Adapter", TipAdapter, paper="Zhang et al., 2022", compared=True, knob=Knob("alpha", TIP_ALPHAS, 1))
-register_method("CLIP-Adapter", GlobalResidualAdapter, paper="Gao et al., 2021", compared=True,
+register_method("Tip-Adapter", TipAdapter, paper="Zhang et al., 2022", compared=True, parameter_efficient=True,
+                knob=Knob("alpha", TIP_ALPHAS, 1))
+register_method("CLIP-Adapter", GlobalResidualAdapter, paper="Gao et al., 2021", compared=True, parameter_efficient=True,
                 knob=Knob("ratio", (0.05, 0.2, 0.5, 0.8, 0.95), 1))
-register_method("LLU", LLU, paper="Ibing, Lim, Kobbelt, 2022", compared=True,
+register_method("LLU", LLU, paper="Ibing, Lim, Kobbelt, 2022", compared=True, parameter_efficient=True,
                 knob=Knob("kappa", (0.1, 0.5, 2.0, 10.0, 50.0, 200.0), 2))
 
 
@@ -247,16 +246,3 @@ def update_field_2d(centres: np.ndarray, rotation_deg: float, kappa: float, gamm
         local.centres = F.normalize(torch.tensor(centres, dtype=torch.float32), dim=-1)
         moved = local(z, gamma, kappa)
     return z.numpy(), (moved - z).numpy()
-
-
-def locality_table(clip: Clip, datasets: Sequence[str], shots: int, seed: int, **llu_options):
-    """Per dataset: the mean locality weight an LLU fitted on the base classes gives base and new test
-    images and class prompts (:meth:`LLU.update_weights`). Near-equal weights mean the kernel cannot
-    keep the update away from new classes in this embedding space."""
-    rows = []
-    for name in datasets:
-        base_train, base_test, new_test = base_to_new_sets(load_dataset(name, "train"), load_dataset(name, "test"))
-        llu = LLU(clip, **llu_options).fit(few_shot(base_train, shots, seed))
-        for part, test in (("base", base_test), ("new", new_test)):
-            rows += [{"dataset": name, "part": part, "of": of, "w": w} for of, w in llu.update_weights(test, test.classnames).items()]
-    return pd.DataFrame(rows).pivot_table(index="dataset", columns=["of", "part"], values="w", sort=False)

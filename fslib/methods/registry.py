@@ -28,7 +28,7 @@ TOWER_LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 class Knob:
     """The hyper-parameter chosen on validation: a keyword of the method, the ``ladder`` of values it may
     take in order, and the position of the first of the three values tried
-    (:func:`fslib.compare.search_ladder` climbs from there)."""
+    (:func:`fslib.protocols.search_ladder` climbs from there)."""
 
     name: str
     ladder: tuple
@@ -45,6 +45,7 @@ class Registered:
     defaults: dict = field(default_factory=dict)
     knob: Knob | None = None
     compared: bool = False
+    parameter_efficient: bool = False
 
     def accepts(self, option: str) -> bool:
         """Whether the method takes ``option`` as a keyword (the shared budget is given to those that do)."""
@@ -56,13 +57,15 @@ _METHODS: dict[str, Registered] = {}
 
 
 def register_method(name: str, build: Callable[..., Method], /, *, paper: str, knob: Knob | None = None,
-                    compared: bool = False, **defaults: Any) -> Registered:
+                    compared: bool = False, parameter_efficient: bool = False, **defaults: Any) -> Registered:
     """Register ``build`` (a :class:`~fslib.methods.base.Method` class or factory taking the Clip first)
     under ``name`` with ``defaults``. ``compared``: one of 06's contenders on labelled shots, with ``knob``
-    chosen on validation (None: nothing to choose). Registering a taken name is an error."""
+    chosen on validation (None: nothing to choose); ``parameter_efficient``: it adapts without training a
+    tower (a head, an adapter, a cache or prompts), so 06 counts it among the parameter-efficient rivals.
+    Registering a taken name is an error."""
     if name in _METHODS:
         raise ValueError(f"a method named {name!r} is already registered ({_METHODS[name].paper})")
-    entry = Registered(name, build, paper, dict(defaults), knob, compared)
+    entry = Registered(name, build, paper, dict(defaults), knob, compared, parameter_efficient)
     _METHODS[name] = entry
     return entry
 

@@ -28,33 +28,26 @@ applied functionally (``torch.func.functional_call``), so the frozen tower is ne
 * Test (notes §2.8): (a) no fine-tuning, a cosine nearest-prototype classifier on ``θ_i``;
   (b) a few AdamW steps on the support set from ``θ_i``, all expert weights or LoRA on attention q/v.
 
-**Departure for scale: a cached frozen trunk.** :class:`ExpertRegion` puts the experts on the last
-``blocks`` residual blocks (plus the final LayerNorm and projection); the tokens entering them are
-computed once per image and cached, and only the expert blocks run per task. The last block is run for
-the class token alone (the only token the pooled feature reads), with the attention's key and value
-projections and its LayerNorm's affine folded into the query, which gives the same numbers as the full
-block at a fraction of the cost. A meta-batch's tasks run side by side (``torch.func.vmap``), each at its
-own weights. ``blocks=None`` keeps the whole tower (the paper's setting, for GPU users).
+**Departure for scale: a cached frozen trunk** (:mod:`fslib.methods.smat_region`, the speed path):
+the experts sit on the last ``blocks`` residual blocks of the image tower, whose inputs are computed once
+per image, and a meta-batch's tasks run side by side (``torch.func.vmap``), each at its own weights.
+``blocks=None`` keeps the whole tower (the paper's setting, for GPU users).
 """
 from __future__ import annotations
 
 import math
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from fslib import distributed, parallel
-from fslib.data import ImageDataset, load_dataset
-from fslib.evaluation import accuracy
-from fslib.fewshot import Episode, EpisodeSampler, fixed_test_sample, restrict_classes
+from fslib.data import ImageDataset
+from fslib.fewshot import Episode
 from fslib.methods.base import Images, Method
 from fslib.methods.registry import register_method
 from fslib.methods.smat_region import ExpertRegion, TaskTensors, stack_tasks, task_tensors
@@ -179,11 +172,11 @@ class SparseInterpolatedExperts(nn.Module):
         self._init_args = (masks, num_experts, sparsity, seed, blocks, density)
 
     def __reduce__(self):
-        """Pickled as its constructor's arguments and its ``state_dict`` (a module with a spectral-norm
-        parametrisation pickles no other way): how trained experts come back from :mod:`fslib.parallel`'s workers."""
-        record = {"tasks_seen": self.tasks_seen, "total_tasks": self.total_tasks, "seconds": self.seconds,
-                  "history": self.history, "losses": self.losses}
-        return _rebuild_experts, (self.clip, self.region, self._init_args, self.state_dict(), record, self.training)
+        """Pickled as its constructor's arguments and its state (a spectral-norm parametrisation pickles no other
+        way): how trained experts come back from :mod:`fslib.parallel`'s workers."""
+        record = {key: getattr(self, key) for key in ("tasks_seen", "total_tasks", "seconds", "history", "losses")}
+        return parallel.rebuilt, (type(self), (self.clip, *self._init_args), {"region": self.region}, self.state_dict(),
+                                  record, self.training)
 
     @property
     def routed(self) -> bool:
@@ -368,14 +361,6 @@ class SparseInterpolatedExperts(nn.Module):
             self.log_alpha[:, m] = old + keep * step
             after[m] = is_open(self.log_alpha[:, m]).float().mean().cpu()  # the only column that changed
         return after
-
-
-def _rebuild_experts(clip: Clip, region: ExpertRegion, init_args: tuple, state: dict, record: dict,
-                     training: bool) -> SparseInterpolatedExperts:
-    experts = SparseInterpolatedExperts(clip, *init_args, region=region)
-    experts.load_state_dict(state)
-    experts.__dict__.update(record)
-    return experts.train(training)
 
 
 Monitor = Callable[[SparseInterpolatedExperts], dict]
@@ -574,238 +559,3 @@ def _fine_tune(experts: SparseInterpolatedExperts, params: torch.Tensor, inputs:
         scaler.step(optimizer)
         scaler.update()
     return weights().detach()
-
-
-# -- analyses --------------------------------------------------------------------------------------
-def expert_usage(experts: SparseInterpolatedExperts, episodes_by_domain: dict[str, list[Episode]]) -> np.ndarray:
-    """Mean gate α per (domain, expert): rows follow ``episodes_by_domain``'s order."""
-    rows = []
-    for episodes in episodes_by_domain.values():
-        with torch.no_grad():
-            gates = []
-            for ep in episodes:
-                t = task_tensors(experts.region, ep)
-                gates.append(experts.gates(t.support_pre, t.support_labels, t.num_classes, False)[0])
-        rows.append(torch.stack(gates).mean(0).cpu().numpy())
-    return np.stack(rows)
-
-
-def specialisation(usage: np.ndarray) -> float:
-    """How much the router's choice depends on the dataset: the largest across-dataset spread (max - min)
-    of any expert's mean gate in :func:`expert_usage`'s table."""
-    return float((usage.max(axis=0) - usage.min(axis=0)).max())
-
-
-def mask_overlap(experts: SparseInterpolatedExperts) -> np.ndarray:
-    """Jaccard overlap of the experts' test-time binary masks: (M, M)."""
-    with torch.no_grad():
-        binary = (experts.masks(training=False) > 0).float()
-    intersection = binary.T @ binary
-    sizes = binary.sum(0)
-    union = sizes[:, None] + sizes[None, :] - intersection
-    return (intersection / union.clamp_min(1)).cpu().numpy()
-
-
-# -- the benchmark: class-disjoint ID test, held-out OOD domains ------------------------------------
-@dataclass
-class Benchmark:
-    """Meta-training episodes (base classes of the ID domains) and validation / test episodes per dataset
-    (novel classes of the ID domains; every class of the OOD domains)."""
-
-    id_datasets: list[str]
-    ood_datasets: list[str]
-    train: list[Episode]
-    val: dict[str, list[Episode]]
-    test: dict[str, list[Episode]]
-
-    def domain(self, dataset: str) -> str:
-        return "ID" if dataset in self.id_datasets else "OOD"
-
-
-def novel_class_split(num_classes: int, novel: int, n_way: int) -> tuple[list[int], list[int]]:
-    """(meta-train classes, novel meta-test classes): the last ``novel`` labels are held out."""
-    if not n_way <= novel <= num_classes - n_way:
-        raise ValueError(f"novel={novel} classes must leave n_way={n_way} on both sides of a {num_classes}-class domain "
-                         f"(allowed: {n_way}..{num_classes - n_way})")
-    return list(range(num_classes - novel)), list(range(num_classes - novel, num_classes))
-
-
-def make_benchmark(id_datasets: Sequence[str], ood_datasets: Sequence[str], n_way: int, shots: int, queries: int,
-                   train_tasks: int, test_tasks: int, val_tasks: int, novel: int, seed: int,
-                   train_queries: int | None = None, test_per_class: int | None = 40) -> Benchmark:
-    """Episodes for one seed: ``train_tasks`` on the base classes of the ID train splits, and per dataset
-    ``val_tasks`` (val split) and ``test_tasks`` (test split) on ID novel classes or all OOD classes. Test
-    episodes are drawn from a fixed sample of ``test_per_class`` images per class (the same for every seed),
-    which bounds the trunk cache."""
-    def load(name: str, split: str) -> ImageDataset:
-        data = load_dataset(name, split)
-        return fixed_test_sample(data, test_per_class) if split == "test" else data
-
-    def part(name: str, split: str, which: int) -> ImageDataset:
-        data = load(name, split)
-        return restrict_classes(data, novel_class_split(data.num_classes, novel, n_way)[which], f"{'base' if which == 0 else 'novel'}")
-
-    pool = [part(name, "train", 0) for name in id_datasets]
-    sampler = EpisodeSampler(pool, n_way, shots, train_queries or queries, seed=seed)
-    train = [sampler.sample() for _ in range(train_tasks)]
-    splits = {}
-    for split, count in (("val", val_tasks), ("test", test_tasks)):
-        splits[split] = {}
-        for i, name in enumerate([*id_datasets, *ood_datasets]):
-            data = part(name, split, 1) if name in id_datasets else load(name, split)
-            episode_sampler = EpisodeSampler([data], n_way, shots, queries, seed=seed * 1000 + i + (500 if split == "val" else 0))
-            splits[split][name] = [episode_sampler.sample() for _ in range(count)]
-    return Benchmark(list(id_datasets), list(ood_datasets), train, splits["val"], splits["test"])
-
-
-def evaluate_experts(experts: SparseInterpolatedExperts, episodes: dict[str, list[Episode]], label: str,
-                     finetune: str = "none", steps: int = 5, lr: float = 0.0) -> list[dict]:
-    """Query accuracy per episode of every dataset, without or with test-time fine-tuning: what :class:`SMAT`
-    fitted on each episode scores, with a dataset's episodes side by side (:func:`adapt_to_tasks`), 25 at a
-    time from the cached trunk and one at a time through the whole tower (its activations are large)."""
-    chunk = 25 if experts.region.blocks is not None else 1
-    rows = []
-    for dataset, tasks in episodes.items():
-        for start in range(0, len(tasks), chunk):
-            part = stack_tasks([task_tensors(experts.region, ep) for ep in tasks[start:start + chunk]])
-            params, protos = adapt_to_tasks(experts, part.support, part.support_labels, part.support_pre, part.num_classes,
-                                            finetune, steps, lr)
-            with torch.no_grad():
-                logits = cosine_logits(experts.batched_features(params, part.query), protos)
-            rows += [{"variant": label, "finetune": finetune, "dataset": dataset, "task": start + i,
-                      "accuracy": accuracy(task_logits, task_labels)}
-                     for i, (task_logits, task_labels) in enumerate(zip(logits, part.query_labels))]
-    return rows
-
-
-def choose_finetune_lr(experts: SparseInterpolatedExperts, bench: Benchmark, lrs: Sequence[float], steps: int) -> float:
-    """The fine-tuning LR with the best mean validation accuracy over every dataset (PMF's HPS, on the
-    validation split rather than the first test tasks); 0 means no fine-tuning."""
-    score = {lr: np.mean([r["accuracy"] for r in evaluate_experts(experts, bench.val, "", "full", steps, lr)]) for lr in lrs}
-    return max(score, key=score.get)
-
-
-VARIANTS: dict[str, tuple[str, dict]] = {  # label -> (masks mode, meta_train overrides), in the notebook's order
-    "pretrained ProtoNet": ("none", {}),
-    "dense meta-tuning": ("dense", {}),
-    "SMAT": ("learned", {}),
-    "SMAT w/o teachers": ("learned", {"kd_weight": 0.0}),  # the paper's "without dense teachers" ablation
-    "random masks": ("random", {}),
-    "magnitude masks": ("magnitude", {}),
-}
-CURVE_VARIANTS = ("dense meta-tuning", "SMAT", "SMAT w/o teachers")  # learning curves (the paper's Fig. 1)
-UNIT_COST = {"pretrained ProtoNet": 1, "dense meta-tuning": 3, "SMAT": 4, "SMAT w/o teachers": 2, "random masks": 2,
-             "magnitude masks": 2}  # relative run time of a variant's unit (measured), to hand out the longest first
-
-
-@dataclass
-class SeedRun:
-    """Everything one seed of :func:`compare_variants` produced."""
-
-    results: pd.DataFrame           # accuracy per (variant, finetune, dataset, task)
-    experts: dict[str, SparseInterpolatedExperts]
-    finetune_lr: dict[str, float]   # the LR each fine-tuned variant chose on validation
-    curves: pd.DataFrame            # validation accuracy per (variant, tasks, domain) during meta-training
-
-
-def domain_accuracy(experts: SparseInterpolatedExperts, bench: Benchmark, split: str = "val") -> dict[str, float]:
-    """Mean accuracy without fine-tuning per domain on ``split``'s episodes (the learning-curve monitor)."""
-    rows = pd.DataFrame(evaluate_experts(experts, getattr(bench, split), ""))
-    return rows.groupby(rows["dataset"].map(bench.domain)).accuracy.mean().to_dict()
-
-
-def warm_region(region: ExpertRegion, benches: Sequence[Benchmark]) -> None:
-    """Cache the trunk's tokens and θ_pre features of every image the benchmarks' episodes use (:meth:`ExpertRegion.warm`)."""
-    episodes = [e for bench in benches for e in [*bench.train, *(e for split in (bench.val, bench.test) for eps in split.values()
-                                                                for e in eps)]]
-    region.warm([part for episode in episodes for part in (episode.support, episode.query)])
-
-
-def _shared_region(clip: Clip, benches: dict[int, Benchmark], blocks: int | None) -> ExpertRegion:
-    """The expert region of :func:`compare_variants` and :func:`sparsity_tradeoff`: its trunk cache warmed for every
-    seed's benchmark, and it and the model shared by reference with :mod:`fslib.parallel`'s workers."""
-    region = ExpertRegion(clip, blocks)
-    warm_region(region, list(benches.values()))
-    parallel.share(clip, region)
-    return region
-
-
-def _train_and_test_variant(clip: Clip, bench: Benchmark, region: ExpertRegion, label: str, sparsity: float, num_experts: int,
-                            seed: int, density: float | None, finetune_steps: int, finetune_lrs: Sequence[float],
-                            finetuned_variants: Sequence[str], curve_every: int, meta_options: dict) -> tuple:
-    """One variant of one seed: meta-train, test without (and maybe with) fine-tuning; (rows, experts, LR, curve rows)."""
-    mode, overrides = VARIANTS[label]
-    monitor = (lambda experts: domain_accuracy(experts, bench)) if label in CURVE_VARIANTS else None
-    experts = meta_train(clip, bench.train, mode, num_experts, sparsity, seed=seed, region=region, density=density,
-                         monitor=monitor, monitor_every=curve_every, progress=False, **{**meta_options, **overrides})
-    curves = [{"variant": label, "tasks": h["tasks"], "domain": d, "accuracy": h[d]} for h in experts.history for d in ("ID", "OOD")]
-    rows, chosen = evaluate_experts(experts, bench.test, label), None
-    if label in finetuned_variants:
-        chosen = choose_finetune_lr(experts, bench, finetune_lrs, finetune_steps)
-        rows += evaluate_experts(experts, bench.test, label, "full", finetune_steps, chosen)
-    return rows, experts, chosen, curves
-
-
-def compare_variants(clip: Clip, benches: dict[int, Benchmark], sparsity: float, num_experts: int, blocks: int | None = 1,
-                     finetune_steps: int = 5, finetune_lrs: Sequence[float] = (0.0, 1e-4, 1e-3),
-                     finetuned_variants: Sequence[str] = ("pretrained ProtoNet", "dense meta-tuning", "SMAT"),
-                     curve_every: int = 100, **meta_options) -> dict[int, SeedRun]:
-    """SMAT, its ablation and its baselines, meta-trained on the same episodes and tested on the same episodes,
-    for every seed of ``benches`` (seed -> its benchmark).
-
-    Hand-designed masks sit in the same router + M-expert framework at the *realised merged density* of
-    SMAT's learned masks (so SMAT is trained first). Every variant is tested without fine-tuning;
-    ``finetuned_variants`` also with full fine-tuning, at the LR each chose on validation from
-    ``finetune_lrs``. ``CURVE_VARIANTS`` are scored on the validation episodes every ``curve_every`` tasks.
-    Each (seed, variant) is one unit of :func:`fslib.parallel.map_units`: it sets its own seeds, so where it
-    runs does not change its result.
-    """
-    unknown = sorted(set(finetuned_variants) - set(VARIANTS))
-    if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; allowed: {', '.join(VARIANTS)}")
-    region = _shared_region(clip, benches, blocks)
-    hand_made = [label for label, (mode, _) in VARIANTS.items() if mode in ("random", "magnitude")]
-    merged: dict[int, float] = {}  # SMAT's realised merged density per seed: filled before the hand-made masks fork
-
-    def variant(unit: tuple[int, str]) -> tuple:
-        seed, label = unit
-        return _train_and_test_variant(clip, benches[seed], region, label, sparsity, num_experts, seed,
-                                       merged[seed] if label in hand_made else None, finetune_steps, finetune_lrs,
-                                       finetuned_variants, curve_every, meta_options)
-
-    longest_first = sorted((label for label in VARIANTS if label not in hand_made), key=lambda label: -UNIT_COST[label])
-    first = [(seed, label) for label in longest_first for seed in benches]
-    done = dict(zip(first, parallel.map_units(variant, first, desc="SMAT variants x seeds")))
-    merged.update({seed: float(done[(seed, "SMAT")][1].density(merged=True)) for seed in benches})
-    second = [(seed, label) for label in hand_made for seed in benches]
-    done.update(zip(second, parallel.map_units(variant, second, desc="hand-designed masks x seeds")))
-    runs = {}
-    for seed, bench in benches.items():
-        units = [done[(seed, label)] for label in VARIANTS]
-        results = pd.DataFrame([row for rows, *_ in units for row in rows])
-        results["domain"] = results["dataset"].map(bench.domain)
-        runs[seed] = SeedRun(results, {label: unit[1] for label, unit in zip(VARIANTS, units)},
-                             {label: unit[2] for label, unit in zip(VARIANTS, units) if unit[2] is not None},
-                             pd.DataFrame([row for *_, curves in units for row in curves]))
-    return runs
-
-
-def sparsity_tradeoff(clip: Clip, benches: dict[int, Benchmark], points: Sequence[tuple[float, int]], blocks: int | None = 1,
-                      already_trained: dict[tuple[int, float, int], SparseInterpolatedExperts] | None = None,
-                      **meta_options) -> pd.DataFrame:
-    """Test accuracy without fine-tuning and realised test-time sparsity of SMAT at each ``(τ, M)`` of ``points``
-    for every seed of ``benches``, meta-trained on the same episodes; ``already_trained`` maps
-    ``(seed, τ, M)`` to experts to reuse. Each (seed, τ, M) is one unit of :func:`fslib.parallel.map_units`."""
-    already_trained = already_trained or {}
-    region = _shared_region(clip, benches, blocks)
-
-    def point(unit: tuple[int, float, int]) -> list[dict]:
-        seed, tau, m = unit
-        experts = already_trained.get(unit) or meta_train(clip, benches[seed].train, "learned", m, tau, seed=seed, region=region,
-                                                          progress=False, **meta_options)
-        realised = 1 - float(experts.density().mean())
-        return [{**row, "tau": tau, "experts": m, "realised sparsity": realised, "domain": benches[seed].domain(row["dataset"]),
-                 "seed": seed} for row in evaluate_experts(experts, benches[seed].test, "SMAT")]
-
-    units = sorted(((seed, tau, m) for seed in benches for tau, m in points), key=lambda u: (u in already_trained, -u[2]))
-    return pd.DataFrame([row for rows in parallel.map_units(point, units, desc="SMAT at (tau, M) x seeds") for row in rows])

@@ -120,8 +120,8 @@ def _pretrain(seed: int, steps: int, batch_size: int, lr: float, weight_decay: f
 
 def write_model_card(training: dict, recipe: dict, checkpoint: Path, card_path: Path) -> dict:
     """Measure ``checkpoint``'s zero-shot accuracy on every embedded test split; write the card (md + json)."""
-    from fslib.methods.baselines import zero_shot_table  # the evaluation stack, only when a card is written
     from fslib.models import load_clip
+    from fslib.studies.zero_shot import zero_shot_table  # the evaluation stack, only when a card is written
     from fslib.world.suite import WORLD_DATASETS
 
     clip = load_clip(EMBEDDED_MODEL, str(checkpoint), "cpu")

@@ -1,0 +1,129 @@
+"""01_mamf's experiment: zero-shot CLIP, MAMF, FOMAML and fine-tuning matched to MAMF's budget, on the same
+meta-test episodes (Wang et al., 2022, §4), each arm's settings chosen on validation episodes.
+
+An :class:`Arm` is one way to spend the meta-training data; :func:`train_arm` meta-trains it and says what it
+cost (:class:`~fslib.methods.mamf.Budget`); :func:`compare_strategies` runs every arm on the same episodes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import pandas as pd
+
+from fslib import parallel
+from fslib.data import ImageDataset, load_dataset
+from fslib.fewshot import EpisodeSampler, few_shot
+from fslib.methods.mamf import Budget, PromptFineTune, mamf_budget, meta_train, task_sizes
+from fslib.models import Clip
+from fslib.protocols import episode_accuracies
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way to spend the meta-training data, as the comparison runs it.
+
+    ``matched`` fine-tuning takes MAMF's steps and images at the same ``n`` (:func:`mamf_budget`);
+    ``per_n`` is False for an arm whose training does not depend on ``n`` (one-epoch fine-tuning).
+    """
+
+    strategy: str
+    random_heads: bool = False
+    matched: bool = False
+    per_n: bool = True
+
+
+ARMS = {
+    "fine-tuning": Arm("finetune", matched=True),
+    "fine-tuning (1 epoch)": Arm("finetune", per_n=False),
+    "FOMAML": Arm("fomaml"),
+    "MAMF": Arm("mamf"),
+    "MAMF (random heads)": Arm("mamf", random_heads=True),
+}
+
+
+def train_arm(clip: Clip, train_set: ImageDataset, arm: str, n_way: int, lr: float, seed: int, epochs: int = 1,
+              inner_lr: float = 1e-3, inner_steps: int = 1, batch_size: int = 32) -> tuple[Clip, Budget]:
+    """Meta-train one of ``ARMS`` and say what it cost. One-epoch fine-tuning always runs 1 epoch."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; allowed: {', '.join(ARMS)}")
+    spec = ARMS[arm]
+    common = dict(lr=lr, inner_lr=inner_lr, inner_steps=inner_steps, seed=seed, random_heads=spec.random_heads, progress=False)
+    if spec.matched:
+        budget = mamf_budget(train_set, n_way, epochs, batch_size, seed)
+        batch = max(1, round(budget.images / budget.steps))
+        start = meta_train(clip, train_set, spec.strategy, n_way, batch_size=batch, steps=budget.steps, **common)
+        return start, Budget(budget.steps, budget.steps * batch)
+    if spec.strategy == "finetune":
+        start = meta_train(clip, train_set, spec.strategy, n_way, epochs=1, batch_size=batch_size, **common)
+        return start, Budget(math.ceil(len(train_set) / batch_size), len(train_set))
+    start = meta_train(clip, train_set, spec.strategy, n_way, epochs=epochs, batch_size=batch_size, **common)
+    if spec.strategy == "mamf":
+        return start, mamf_budget(train_set, n_way, epochs, batch_size, seed)
+    steps = images = 0  # FOMAML: inner steps on a support-half batch, outer steps over the query half
+    for size in task_sizes(train_set, n_way, seed):
+        support, query = size // 2, size - size // 2
+        steps += epochs * (inner_steps + math.ceil(query / batch_size))
+        images += epochs * (inner_steps * min(batch_size, support) + query)
+    return start, Budget(steps, images)
+
+
+def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int], shots: int, tasks: int,
+                       seeds: Sequence[int], settings: dict[str, Sequence[tuple[float, int]]], split: str = "test",
+                       epochs: int = 1, inner_lr: float = 1e-3, inner_steps: int = 1, train_per_class: int = 8,
+                       queries: int = 8, progress: bool = True) -> pd.DataFrame:
+    """The paper's comparison: zero-shot CLIP and each arm of ``settings`` on ``tasks`` episodes per
+    (dataset, n-way, seed), the same episodes for every arm, so differences are paired.
+
+    ``settings`` maps an arm of :data:`ARMS` to the ``(lr, adapt_epochs)`` pairs to run: the meta-training
+    LR (also the test-time LR) and the epochs of test-time fine-tuning on each support set (0 = none).
+    Meta-training uses ``train_per_class`` images per class of the train split (drawn by seed); episodes
+    draw ``shots`` support and ``queries`` query images per class from ``split`` ("val" to choose
+    settings, "test" to report): held-out images of the same classes, as in the official code (notes §4).
+    Returns one row per (dataset, n_way, seed, method, lr, adapt_epochs, task) with the accuracy and the
+    arm's meta-training ``steps`` and ``images``, in the order (dataset, seed, n, zero-shot then ``settings``).
+
+    Each (dataset, seed, arm, lr) is a unit of :func:`fslib.parallel.map_units` (zero-shot is one more per
+    (dataset, seed)): the unit meta-trains its arm once per ``n`` (once in all for an arm whose training
+    ignores ``n``) and runs its test-time settings on every ``n``'s episodes, which every unit draws alike
+    from the seed. So choosing settings on one seed still keeps both cores busy.
+    """
+    unknown = sorted(set(settings) - set(ARMS))
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; allowed: {', '.join(ARMS)}")
+
+    def arm_at_lr(unit: tuple[str, int, str, float]) -> dict[tuple[int, int], list[dict]]:
+        name, seed, arm, lr = unit
+        train_set, eval_set = few_shot(load_dataset(name, "train"), train_per_class, seed), load_dataset(name, split)
+        adapt_epochs = [0] if arm == "zero-shot" else list(dict.fromkeys(a for arm_lr, a in settings[arm] if arm_lr == lr))
+        start, budget = clip, Budget(0, 0)
+        rows: dict[tuple[int, int], list[dict]] = {}
+        for i, n in enumerate(n_ways):
+            sampler = EpisodeSampler([eval_set], n, shots, queries, seed=seed)
+            episodes = [sampler.sample() for _ in range(tasks)]
+            if arm != "zero-shot" and (i == 0 or ARMS[arm].per_n):
+                start, budget = train_arm(clip, train_set, arm, n, lr, seed, epochs, inner_lr, inner_steps)
+            for adapt in adapt_epochs:
+                accs = episode_accuracies(lambda: PromptFineTune(start, adapt, lr, seed=seed), episodes)
+                rows[n, adapt] = [{"dataset": name, "n_way": n, "seed": seed, "method": arm, "lr": lr, "adapt_epochs": adapt,
+                                   "steps": budget.steps, "images": budget.images, "task": t, "accuracy": a}
+                                  for t, a in enumerate(accs)]
+        return rows
+
+    runs = [(arm, lr, adapt) for arm, pairs in settings.items() for lr, adapt in pairs]
+    trained_arms = list(dict.fromkeys((arm, lr) for arm, lr, _ in runs))
+    units = [(name, seed, arm, lr) for name in datasets for seed in seeds for arm, lr in trained_arms]
+    units += [(name, seed, "zero-shot", 0.0) for name in datasets for seed in seeds]  # the cheapest last
+    done = dict(zip(units, parallel.map_units(arm_at_lr, units, desc=f"{split}: datasets x seeds x arms", progress=progress)))
+    return pd.DataFrame([row for name in datasets for seed in seeds for n in n_ways
+                         for arm, lr, adapt in [("zero-shot", 0.0, 0), *runs]
+                         for row in done[name, seed, arm, lr][n, adapt]])
+
+
+def choose_settings(validation: pd.DataFrame) -> dict[str, tuple[float, int]]:
+    """Each arm's ``(lr, adapt_epochs)`` with the best mean validation accuracy over datasets, ``n``,
+    seeds and episodes (the first in grid order on ties). Every arm is chosen from the same grid."""
+    means = validation.groupby(["method", "lr", "adapt_epochs"], sort=False).accuracy.mean()
+    best = {arm: means.loc[arm].idxmax() for arm in validation.method.unique() if arm != "zero-shot"}
+    return {arm: (float(lr), int(adapt_epochs)) for arm, (lr, adapt_epochs) in best.items()}

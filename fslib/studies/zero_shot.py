@@ -1,0 +1,88 @@
+"""Which datasets stage what: zero-shot CLIP's accuracy per dataset (00's difficulty spectrum) and the
+datasets whose new classes can show a loss (04, 05)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from scipy import stats
+
+from fslib.data import ImageDataset, load_dataset
+from fslib.evaluation import evaluate
+from fslib.fewshot import base_new_split
+from fslib.methods.baselines import ZeroShot
+from fslib.models import Clip
+
+
+def zero_shot_table(clip: Clip, names: Sequence[str], split: str = "test") -> pd.DataFrame:
+    """Zero-shot accuracy of ``clip`` on each named dataset, with its 95% Wilson interval over the test
+    images: ``dataset, domain, classes, images, chance, zero_shot, ci_low, ci_high``. ``dataset`` is the
+    loaded dataset's own name (an image folder's name, not its path), as every other table uses."""
+    rows = []
+    for name in names:
+        data = load_dataset(name, split)
+        acc = evaluate(ZeroShot(clip).fit(data), data)
+        interval = stats.binomtest(round(acc * len(data) / 100), len(data)).proportion_ci(method="wilson")
+        rows.append({"dataset": data.name, "domain": data.domain, "classes": data.num_classes, "images": len(data),
+                     "chance": 100 / data.num_classes, "zero_shot": acc,
+                     "ci_low": 100 * interval.low, "ci_high": 100 * interval.high})
+    return pd.DataFrame(rows)
+
+
+def new_class_signal(clip: Clip, names: Sequence[str], split: str = "val", above_chance: float = 10.0,
+                     ceiling: float = 90.0) -> pd.DataFrame:
+    """Which datasets can show whether a method keeps its new classes: zero-shot accuracy on the base
+    and new halves of ``split`` (validation by default, so no test image decides it), with
+    ``informative`` set where new-class accuracy lies ``above_chance`` points over chance and below
+    ``ceiling``. At chance there is nothing to lose, at the ceiling no room to show a loss."""
+    rows = []
+    for name in names:
+        base, new = base_new_split(load_dataset(name, split))
+        zero_shot = {part: evaluate(ZeroShot(clip).fit(data), data) for part, data in (("base", base), ("new", new))}
+        chance = 100 / new.num_classes
+        rows.append({"dataset": name, "zero-shot base": zero_shot["base"], "zero-shot new": zero_shot["new"],
+                     "new chance": chance,
+                     "informative": bool(chance + above_chance <= zero_shot["new"] <= ceiling)})
+    return pd.DataFrame(rows).set_index("dataset")
+
+
+# -- figures ---------------------------------------------------------------------------------------
+def sample_grid(datasets: Sequence[ImageDataset], per_dataset: int = 8, seed: int = 0) -> plt.Figure:
+    """One row per dataset: ``per_dataset`` images from distinct classes, titled by class name."""
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(datasets), per_dataset, figsize=(1.3 * per_dataset, 1.45 * len(datasets)), squeeze=False)
+    for row, dataset in zip(axes, datasets):
+        classes = rng.permutation(dataset.num_classes)[:per_dataset]
+        for ax, c in zip(row, classes):
+            ax.imshow(dataset.image(int(rng.choice(np.flatnonzero(dataset.labels == c)))))
+            ax.set_title(dataset.classnames[c], fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for ax in row[len(classes):]:
+            ax.axis("off")
+        row[0].set_ylabel(dataset.name, rotation=0, ha="right", va="center", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def difficulty_spectrum(table: pd.DataFrame) -> plt.Figure:
+    """Horizontal bars of zero-shot accuracy per dataset (columns ``dataset, domain, zero_shot, chance``,
+    and ``ci_low, ci_high`` for 95% error bars over the test images)."""
+    table = table.sort_values("zero_shot")
+    fig, ax = plt.subplots(figsize=(7, 0.38 * len(table) + 1))
+    colours = {"id": sns.color_palette()[0], "ood": sns.color_palette()[3]}
+    error = [table["zero_shot"] - table["ci_low"], table["ci_high"] - table["zero_shot"]] if "ci_low" in table else None
+    ax.barh(table["dataset"], table["zero_shot"], xerr=error, capsize=2,
+            color=[colours.get(d, "grey") for d in table["domain"]])
+    ax.scatter(table["chance"], table["dataset"], marker="|", s=300, color="black", label="chance", zorder=3)
+    for y, value in enumerate(table["zero_shot"]):
+        ax.text(min(value + 3, 101), y, f"{value:.0f}", va="center", fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    ax.legend(handles + ax.get_legend_handles_labels()[0], ["in-distribution", "out-of-distribution", "chance"],
+              loc="lower right", fontsize=8)
+    ax.set(xlim=(0, 108), xlabel="zero-shot accuracy (%)", title="Transfer difficulty (zero-shot, 95% CI)")
+    fig.tight_layout()
+    return fig
