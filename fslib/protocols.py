@@ -318,6 +318,17 @@ class MetaTrained:
 
 
 # -- choosing on validation: one rule --------------------------------------------------------------
+def best_on_validation(table: pd.DataFrame, setting: Sequence[str], group: str | None = None,
+                       value: str = "accuracy") -> Any:
+    """The setting (the values of the ``setting`` columns) with the highest mean ``value`` over a validation
+    table's rows, the first in the table's order on ties: the one rule wherever a grid of settings is scored
+    on validation data. With ``group``, ``{group value: its best setting}`` in the table's order."""
+    def best(rows: pd.DataFrame) -> Any:
+        return rows.groupby(list(setting), sort=False)[value].mean().idxmax()
+
+    return best(table) if group is None else {key: best(rows) for key, rows in table.groupby(group, sort=False)}
+
+
 def select_on_validation(make_method: Callable[[Any], Method], candidates: Sequence, train: ImageDataset,
                          val: ImageDataset) -> tuple[object, pd.DataFrame]:
     """Pick a hyper-parameter on a validation split, never on test.

@@ -138,3 +138,12 @@ def test_meta_training_runs_once_per_value_and_seed():
     test_time_only = MetaTrained(lambda value, seed: calls.append(("once", seed)), key=lambda value: None)
     test_time_only(0.1, 1), test_time_only(0.5, 1)
     assert calls[-1] == ("once", 1) and calls.count(("once", 1)) == 1
+
+
+def test_best_on_validation_takes_the_highest_mean_and_the_first_on_ties():
+    table = pd.DataFrame({"arm": ["A"] * 4 + ["B"] * 4, "lr": [0.1, 0.1, 1.0, 1.0] * 2,
+                          "accuracy": [50, 70, 60, 60, 40, 40, 30, 50]})
+    assert protocols.best_on_validation(table, ["lr"]) == 0.1  # 50.0 against 50.0: the first
+    assert protocols.best_on_validation(table, ["lr"], group="arm") == {"A": 0.1, "B": 0.1}
+    table["epochs"] = [0, 0, 5, 5, 0, 0, 5, 5]
+    assert protocols.best_on_validation(table[table.arm == "A"], ["lr", "epochs"]) == (0.1, 0)

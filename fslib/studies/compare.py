@@ -7,16 +7,16 @@ holds the comparison's contenders and its summaries:
 
 - :func:`contenders`: every registered method that adapts CLIP from labelled shots, each with the ladder of
   its knob, and the shared training budget (the same epochs for every method that trains a tower; feature
-  methods keep their own steps on cached features);
-- :func:`scores`, :func:`leaderboard`, :func:`interquartile_mean`, :func:`probability_of_improvement`:
-  per-seed scores, the table with 95% CIs over seeds, an aggregate robust to outlying tasks (the
-  interquartile mean of Agarwal et al., 2021, "rliable"), and the probability that one method beats
-  another on a task, paired by seed.
-
-- :func:`episodic_contenders`: the meta-learners (MAMF,
-  SMAT) beside the methods that need no meta-training, on SMAT's benchmark of N-way K-shot episodes
-  (meta-training on the base classes of the in-distribution domains, episodes on their novel classes and on
-  held-out domains); each meta-training runs once per seed and value (:class:`MetaTrained`).
+  methods keep their own steps on cached features); :func:`parameter_efficient` names those that train no
+  tower;
+- :func:`episodic_contenders`: the meta-learners (MAMF, SMAT) beside the methods that need no
+  meta-training, on SMAT's benchmark of N-way K-shot episodes (meta-training on the base classes of the
+  in-distribution domains, episodes on their novel classes and on held-out domains); each meta-learner's
+  declared meta-training step runs once per seed and value (:class:`~fslib.protocols.MetaTrained`);
+- :func:`scores`, :func:`leaderboard`, :func:`interquartile_mean`, :func:`probability_of_improvement`,
+  :func:`improvement_matrix`: per-seed scores, the table with 95% CIs over seeds, an aggregate robust to
+  outlying tasks (the interquartile mean of Agarwal et al., 2021, "rliable"), the probability that one
+  method beats another on a task, paired by seed, and its figure.
 """
 from __future__ import annotations
 

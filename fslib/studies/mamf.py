@@ -17,7 +17,7 @@ from fslib.data import ImageDataset, load_dataset
 from fslib.fewshot import EpisodeSampler, few_shot
 from fslib.methods.mamf import Budget, PromptFineTune, mamf_budget, meta_train, task_sizes
 from fslib.models import Clip
-from fslib.protocols import episode_accuracies
+from fslib.protocols import best_on_validation, episode_accuracies
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,5 @@ def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int
 def choose_settings(validation: pd.DataFrame) -> dict[str, tuple[float, int]]:
     """Each arm's ``(lr, adapt_epochs)`` with the best mean validation accuracy over datasets, ``n``,
     seeds and episodes (the first in grid order on ties). Every arm is chosen from the same grid."""
-    means = validation.groupby(["method", "lr", "adapt_epochs"], sort=False).accuracy.mean()
-    best = {arm: means.loc[arm].idxmax() for arm in validation.method.unique() if arm != "zero-shot"}
+    best = best_on_validation(validation[validation.method != "zero-shot"], ["lr", "adapt_epochs"], group="method")
     return {arm: (float(lr), int(adapt_epochs)) for arm, (lr, adapt_epochs) in best.items()}

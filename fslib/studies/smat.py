@@ -22,7 +22,7 @@ from fslib.fewshot import Episode
 from fslib.methods.smat import SparseInterpolatedExperts, adapt_to_tasks, cosine_logits, meta_train
 from fslib.methods.smat_region import ExpertRegion, stack_tasks, task_tensors
 from fslib.models import Clip
-from fslib.protocols import Benchmark
+from fslib.protocols import Benchmark, best_on_validation
 
 
 def expert_usage(experts: SparseInterpolatedExperts, episodes_by_domain: dict[str, list[Episode]]) -> np.ndarray:
@@ -77,8 +77,9 @@ def evaluate_experts(experts: SparseInterpolatedExperts, episodes: dict[str, lis
 def choose_finetune_lr(experts: SparseInterpolatedExperts, bench: Benchmark, lrs: Sequence[float], steps: int) -> float:
     """The fine-tuning LR with the best mean validation accuracy over every dataset (PMF's HPS, on the
     validation split rather than the first test tasks); 0 means no fine-tuning."""
-    score = {lr: np.mean([r["accuracy"] for r in evaluate_experts(experts, bench.val, "", "full", steps, lr)]) for lr in lrs}
-    return max(score, key=score.get)
+    rows = pd.DataFrame([{"lr": lr, "accuracy": row["accuracy"]} for lr in lrs
+                         for row in evaluate_experts(experts, bench.val, "", "full", steps, lr)])
+    return float(best_on_validation(rows, ["lr"]))
 
 
 VARIANTS: dict[str, tuple[str, dict]] = {  # label -> (masks mode, meta_train overrides), in the notebook's order
