@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -270,29 +269,20 @@ class SparseInterpolatedExperts(nn.Module):
                                kd_temperature, pretrained_teacher).sum() if mine else self.delta.new_zeros(())
         return (loss + router_penalty) / len(tasks)
 
-    def batched_features(self, thetas: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """:meth:`features` of B tasks side by side, each at its own weights: (B, N) and (B, n, ...) -> (B, n, D).
-
-        Where torch has no batched rule for an operation (the fused attention of whole blocks on a CPU), vmap
-        runs it task by task, as the unbatched code would; its warning says no more than that."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule")
-            return torch.func.vmap(self.features)(thetas, inputs)
-
     def tasks_loss(self, tasks: TaskTensors, thetas: torch.Tensor, inner_lr: float, teacher_lr: float,
                    kd_weight: float, kd_temperature: float, pretrained_teacher: bool) -> torch.Tensor:
         """Meta-training loss of each of B stacked tasks (:func:`stack_tasks`) at its weights θ_i, (B,) (notes
         §2.6), first order. The tasks share no weights, so the gradient of their summed loss with respect to
         the (B, N) weights holds each task's own gradient in its row."""
         x_s, y_s, x_q, y_q, num_classes = tasks.support, tasks.support_labels, tasks.query, tasks.query_labels, tasks.num_classes
-        support_features = self.batched_features(thetas, x_s)
+        support_features = self.region.batched_features(thetas, x_s)
         protos = prototypes(support_features, y_s, num_classes)
         head = protos.detach().requires_grad_()
         inner_loss = task_cross_entropy(cosine_logits(support_features, head), y_s).sum()
         grad_thetas, grad_head = torch.autograd.grad(inner_loss, [thetas, head], retain_graph=True)
         adapted = thetas - inner_lr * grad_thetas
         adapted_head = protos - inner_lr * grad_head  # first-order: the head keeps its path to θ_i
-        student = cosine_logits(self.batched_features(adapted, x_q), adapted_head)
+        student = cosine_logits(self.region.batched_features(adapted, x_q), adapted_head)
         loss = (1 - kd_weight) * task_cross_entropy(student, y_q)
         if kd_weight > 0:
             teachers = [self._dense_teacher(adapted, adapted_head, x_q, y_q, teacher_lr)]
@@ -308,10 +298,10 @@ class SparseInterpolatedExperts(nn.Module):
         """Query logits of each task's dense teacher: one SGD step on its query set from θ_i' (the official count)."""
         teacher = adapted.detach().requires_grad_()
         head = head.detach()
-        loss = task_cross_entropy(cosine_logits(self.batched_features(teacher, x_q), head), y_q).sum()
+        loss = task_cross_entropy(cosine_logits(self.region.batched_features(teacher, x_q), head), y_q).sum()
         (grad,) = torch.autograd.grad(loss, [teacher])
         with torch.no_grad():
-            return cosine_logits(self.batched_features(teacher - lr * grad, x_q), head)
+            return cosine_logits(self.region.batched_features(teacher - lr * grad, x_q), head)
 
     def sparsity_penalty(self) -> torch.Tensor:
         """Σ_m λ_m (E[L0]_m - (1 - τ)): its gradient reaches ``log α`` only (λ is a constant here)."""
@@ -518,7 +508,7 @@ def adapt_to_tasks(experts: SparseInterpolatedExperts, inputs: torch.Tensor, lab
     if finetune != "none" and steps > 0 and lr > 0:
         params = _fine_tune(experts, params, inputs, labels, num_classes, finetune, steps, lr, lora_rank, seed)
     with torch.no_grad():
-        return params, prototypes(experts.batched_features(params, inputs), labels, num_classes)
+        return params, prototypes(experts.region.batched_features(params, inputs), labels, num_classes)
 
 
 def _fine_tune(experts: SparseInterpolatedExperts, params: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
@@ -530,29 +520,13 @@ def _fine_tune(experts: SparseInterpolatedExperts, params: torch.Tensor, inputs:
         trainable = params.clone().requires_grad_()
         weights = lambda: trainable
         opt_params = [trainable]
-    else:
-        region, sets = experts.region, len(params)
-        sizes = [math.prod(shape) for shape in region.shapes]
-        lora = {}  # position of an in_proj_weight in the flat layout -> ((A_q, B_q), (A_v, B_v)), each (E, ...)
-        for i, (name, shape) in enumerate(zip(region.names, region.shapes)):
-            if name.endswith("attn.in_proj_weight"):
-                dim = shape[1]
-                lora[i] = tuple((nn.Parameter((torch.randn(lora_rank, dim) / math.sqrt(dim))  # CPU draw: same on any device
-                                              .to(params.device).expand(sets, -1, -1).clone()),
-                                 nn.Parameter(params.new_zeros(sets, dim, lora_rank))) for _ in ("q", "v"))
-
-        def weights():
-            pieces = list(params.split(sizes, dim=1))
-            for i, ((a_q, b_q), (a_v, b_v)) in lora.items():
-                zeros = params.new_zeros(sets, b_q.shape[1], b_q.shape[1])
-                pieces[i] = pieces[i] + torch.cat([b_q @ a_q, zeros, b_v @ a_v], dim=1).flatten(1)
-            return torch.cat(pieces, dim=1)
-        opt_params = [p for pair in lora.values() for factors in pair for p in factors]
+    else:  # W_q + B_q A_q and W_v + B_v A_v in every block (A random, B zero: LoRA starts at θ_i)
+        weights, opt_params = experts.region.lora_weights(params, lora_rank)
     optimizer = make_optimizer(opt_params, "adamw", lr, weight_decay=0.01)  # torch's AdamW default decay
     scaler = grad_scaler(experts.clip.device)  # fp16 only: an overflow in one set skips the step for all of them
     for _ in range(steps):
         with autocast(experts.clip.device):
-            features = experts.batched_features(weights(), inputs)
+            features = experts.region.batched_features(weights(), inputs)
             loss = task_cross_entropy(cosine_logits(features, prototypes(features, labels, num_classes)), labels).sum()
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

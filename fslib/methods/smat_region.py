@@ -12,6 +12,7 @@ side by side. ``tests/test_smat.py`` checks every shortcut against the whole tow
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -222,6 +223,38 @@ class ExpertRegion:
         else:
             pooled = self.visual._global_pool(ln_post(x))[0]
         return F.normalize(pooled @ params["proj"] if "proj" in params else pooled, dim=-1)
+
+
+    def batched_features(self, thetas: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """:meth:`features` of B tasks side by side, each at its own weights: (B, N) and (B, n, ...) -> (B, n, D).
+
+        Where torch has no batched rule for an operation (the fused attention of whole blocks on a CPU), vmap
+        runs it task by task, as the unbatched code would; its warning says no more than that."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule")
+            return torch.func.vmap(self.features)(thetas, inputs)
+
+    def lora_weights(self, params: torch.Tensor, rank: int) -> tuple[Callable[[], torch.Tensor], list[nn.Parameter]]:
+        """LoRA factors on the query and value projections of every attention block in the flat layout, for E
+        weight vectors side by side (``params``: (E, N)): ``(weights, factors)``, where ``weights()`` is the flat
+        (E, N) weights with ``B A`` added (A drawn on the CPU, so the same on any device, and the same for every
+        set, as one fit after another would draw it; B zero) and ``factors`` the trainable A and B."""
+        sets, sizes = len(params), [math.prod(shape) for shape in self.shapes]
+        lora = {}  # position of an in_proj_weight in the flat layout -> ((A_q, B_q), (A_v, B_v)), each (E, ...)
+        for i, (name, shape) in enumerate(zip(self.names, self.shapes)):
+            if name.endswith("attn.in_proj_weight"):
+                dim = shape[1]
+                lora[i] = tuple((nn.Parameter((torch.randn(rank, dim) / math.sqrt(dim)).to(params.device)
+                                              .expand(sets, -1, -1).clone()),
+                                 nn.Parameter(params.new_zeros(sets, dim, rank))) for _ in ("q", "v"))
+
+        def weights() -> torch.Tensor:
+            pieces = list(params.split(sizes, dim=1))
+            for i, ((a_q, b_q), (a_v, b_v)) in lora.items():
+                zeros = params.new_zeros(sets, b_q.shape[1], b_q.shape[1])
+                pieces[i] = pieces[i] + torch.cat([b_q @ a_q, zeros, b_v @ a_v], dim=1).flatten(1)
+            return torch.cat(pieces, dim=1)
+        return weights, [p for pair in lora.values() for factors in pair for p in factors]
 
 
 @dataclass

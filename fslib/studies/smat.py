@@ -67,7 +67,7 @@ def evaluate_experts(experts: SparseInterpolatedExperts, episodes: dict[str, lis
             params, protos = adapt_to_tasks(experts, part.support, part.support_labels, part.support_pre, part.num_classes,
                                             finetune, steps, lr)
             with torch.no_grad():
-                logits = cosine_logits(experts.batched_features(params, part.query), protos)
+                logits = cosine_logits(experts.region.batched_features(params, part.query), protos)
             rows += [{"variant": label, "finetune": finetune, "dataset": dataset, "task": start + i,
                       "accuracy": accuracy(task_logits, task_labels)}
                      for i, (task_logits, task_labels) in enumerate(zip(logits, part.query_labels))]
