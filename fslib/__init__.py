@@ -5,7 +5,8 @@ from fslib.models import register_model_configs
 # as soon as the package is imported.
 register_model_configs()
 
-# and the embedded world's datasets known to fslib.data.load_dataset (the suite registers itself)
+# and the embedded world's datasets and dials known to fslib.data.load_dataset (each registers itself)
+import fslib.world.dials  # noqa: E402,F401
 import fslib.world.suite  # noqa: E402,F401
 
 __version__ = "0.1.0"

@@ -284,6 +284,11 @@ def register_named_datasets(names: Sequence[str], loader: NamedLoader) -> None:
     _NAMED.update({name: loader for name in names})
 
 
+def named_datasets() -> list[str]:
+    """The names :func:`load_dataset` knows without a path: the embedded datasets and the dials' levels."""
+    return list(_NAMED)
+
+
 def load_dataset(name: str, split: str = "test", root: str | Path | None = None, download: bool = False) -> ImageDataset:
     """The one loader notebooks call: an embedded dataset by name, a torchvision dataset by name
     (under ``root``, default ``$FSLIB_DATA`` or ``~/data``), or an image folder by path."""

@@ -8,11 +8,17 @@ seed are averaged first, so sampling and training variance both count):
 
 * **held** when the 95% CI of the estimate lies wholly past the margin in the claimed direction;
 * **contradicted** when it lies wholly on the other side;
-* **inconclusive** otherwise, with the number of seeds that would resolve it at the observed variance.
+* **inconclusive** otherwise, with the number of seeds that would resolve it at the observed variance;
+* **not staged** when the paper's situation did not occur: every claim of a method is decided only where its
+  **premise** (a claim with ``role="premise"``: "plain fine-tuning forgets new classes") held first, level by
+  level of a dial (:func:`stage`); where it held nowhere, the claim's record says so, with the premise's numbers.
 
-Paired comparisons use Student's t interval of the per-seed differences (:func:`scipy.stats.t`); trends
-(a gain against transfer difficulty, say) use a percentile bootstrap of Spearman's rho that resamples
-seeds and datasets together. Every decision is printed and recorded in ``runs/claims/<notebook>.json``
+Margins come from one rule per kind of claim (:data:`MARGINS`), the same in every notebook.
+
+Paired comparisons use Student's t interval of the per-seed differences (:func:`scipy.stats.t`); trends are
+decided over a designed sweep of at least :data:`MIN_LEVELS` levels (a dial's, or a grid of a knob), from
+Spearman's rho per seed and its t-interval over seeds. A trend across a handful of fixed datasets cannot be
+decided by design: it is shown with a bootstrap interval, and its verdict is inconclusive. Every decision is printed and recorded in ``runs/claims/<notebook>.json``
 (keys ``claim, paper_ref, verdict, estimate, ci_low, ci_high, margin, n, unit``), which ``make reproduce``
 summarises.
 """
@@ -22,11 +28,11 @@ import json
 import math
 import platform
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,9 +41,23 @@ from scipy import stats
 
 from fslib.paths import project_dir
 
-VERDICTS = ("held", "contradicted", "inconclusive")
+VERDICTS = ("held", "contradicted", "inconclusive", "not staged")
 DIRECTIONS = ("greater", "less")
+ROLES = ("claim", "premise")
 MAX_SEEDS_QUOTED = 200  # past this, "more seeds" is not a realistic way to resolve a claim
+MIN_LEVELS = 6  # a trend is decided over a designed sweep of at least this many levels, never fewer
+
+# One margin per kind of claim, in accuracy points, for every notebook of the kit:
+MARGINS = {
+    # "A beats B": any gain, as long as its whole CI is above zero
+    "beats": 0.0,
+    # "A keeps within m points of B" (on par, no loss): the papers call differences of 1-2 points of accuracy
+    # gains or losses (APEX's and CLIP-CITE's tables), so a loss of more than 2 points is one they would report
+    "within": -2.0,
+    # a premise "plain practice P goes wrong": P loses more than 5 points, over twice the on-par margin, so
+    # a method that ends within 2 points of the reference has recovered most of a real loss, not a rounding's worth
+    "goes wrong": -5.0,
+}
 
 
 @dataclass(frozen=True)
@@ -58,12 +78,15 @@ class Claim:
     kind: str = "paired"
     unit: str = "seed"
     units: str = "points"  # what the compared quantity is measured in ("" for a share or a weight)
+    role: str = "claim"  # or "premise": the paper's situation, decided before the method's claims
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
             raise ValueError(f"claim {self.claim!r}: direction {self.direction!r}; allowed: {', '.join(DIRECTIONS)}")
         if self.kind not in ("paired", "trend"):
             raise ValueError(f"claim {self.claim!r}: kind {self.kind!r}; allowed: paired, trend")
+        if self.role not in ROLES:
+            raise ValueError(f"claim {self.claim!r}: role {self.role!r}; allowed: {', '.join(ROLES)}")
 
     @property
     def quantity(self) -> str:
@@ -91,11 +114,16 @@ class Verdict:
     interval_kind: str = "t"  # "t" over units, or "bootstrap" over units and groups
 
     def record(self) -> dict:
-        return {"claim": self.claim.claim, "paper_ref": self.claim.paper_ref, "verdict": self.verdict,
-                "estimate": round(self.estimate, 3), "ci_low": round(self.ci_low, 3), "ci_high": round(self.ci_high, 3),
-                "margin": self.claim.margin, "direction": self.claim.direction, "quantity": self.quantity_kind,
-                "n": self.n, "unit": self.claim.unit, "test": self.claim.test,
+        number = lambda value: None if math.isnan(value) else round(value, 3)  # not staged: no numbers
+        return {"claim": self.claim.claim, "paper_ref": self.claim.paper_ref, "role": self.claim.role,
+                "verdict": self.verdict, "estimate": number(self.estimate), "ci_low": number(self.ci_low),
+                "ci_high": number(self.ci_high), "margin": self.claim.margin, "direction": self.claim.direction,
+                "quantity": self.quantity_kind, "n": self.n, "unit": self.claim.unit, "test": self.claim.test,
                 "seeds_needed": self.seeds_needed, "detail": self.detail}
+
+    @property
+    def staged(self) -> bool:
+        return self.verdict != "not staged"
 
     @property
     def quantity_kind(self) -> str:
@@ -105,6 +133,8 @@ class Verdict:
     @property
     def interval(self) -> str:
         """``+3.1 [+1.2, +5.0]`` (points for paired claims, rho for trends, three decimals for shares)."""
+        if not self.staged:
+            return "not computed"
         fmt = "{:+.2f}" if self.claim.kind == "trend" else "{:+.1f}" if self.claim.units == "points" else "{:+.3f}"
         return f"{fmt.format(self.estimate)} [{fmt.format(self.ci_low)}, {fmt.format(self.ci_high)}]"
 
@@ -114,12 +144,18 @@ class Verdict:
         if self.seeds_needed:
             return f"about {self.seeds_needed} {self.claim.unit}s would resolve it at this variance"
         if self.interval_kind == "bootstrap":
-            return "the bootstrap CI (seeds and datasets resampled) spans the margin: more seeds or datasets would narrow it"
+            return ("a trend across a few fixed datasets cannot be decided by design (the bootstrap over them "
+                    f"spans nearly every ρ); a dial's designed levels, at least {MIN_LEVELS}, can decide it")
+        if self.interval_kind == "levels":
+            return f"a designed sweep needs at least {MIN_LEVELS} levels to decide a trend; this one has fewer"
         return (f"more than {MAX_SEEDS_QUOTED} {self.claim.unit}s would be needed at this variance: "
                 "the estimate sits close to the margin")
 
     def __str__(self) -> str:
-        line = (f"[{self.verdict.upper()}] {self.claim.claim} ({self.claim.paper_ref})\n"
+        if not self.staged:
+            return f"[NOT STAGED] {self.claim.claim} ({self.claim.paper_ref})\n    {self.detail}"
+        role = "PREMISE " if self.claim.role == "premise" else ""
+        line = (f"[{role}{self.verdict.upper()}] {self.claim.claim} ({self.claim.paper_ref})\n"
                 f"    {self.claim.quantity} = {self.interval}, 95% CI over n = {self.n} {self.claim.unit}s; "
                 f"test: {self.claim.test}")
         if self.verdict == "inconclusive":
@@ -133,7 +169,9 @@ def declare(notebook: str, claims: Sequence[dict]) -> dict[str, Claim]:
     ``claims`` holds keyword dicts for :class:`Claim` with a short ``key`` each; returns them by key.
     """
     declared = {spec["key"]: Claim(notebook=notebook, **{k: v for k, v in spec.items() if k != "key"}) for spec in claims}
-    rows = [{"claim": c.claim, "paper": c.paper_ref, "decided by": c.test, "unit": c.unit} for c in declared.values()]
+    premises = any(c.role == "premise" for c in declared.values())
+    rows = [{"claim": c.claim, **({"role": c.role} if premises else {}), "paper": c.paper_ref, "decided by": c.test,
+             "unit": c.unit} for c in declared.values()]
     display(pd.DataFrame(rows).set_index("claim"))  # an HTML table in a notebook, wrapping within its columns
     return declared
 
@@ -225,11 +263,16 @@ def _beside_paper(verdict: Verdict) -> str:
         return ""
     paper = committed(verdict.claim.notebook, "paper")
     record = next((r for r in paper["claims"] if r["claim"] == verdict.claim.claim), None)
-    size = f"lesson scale ({verdict.n} {verdict.claim.unit}s at class size)"
-    lines = [f"    ↑ {size}: " + ("this lesson cannot decide the claim" if verdict.verdict == "inconclusive"
-                                  else "a lesson's verdict, not the kit's finding")]
+    n = verdict.n if verdict.staged else len(run.get("seeds", []))
+    size = f"lesson scale ({n} {verdict.claim.unit}s at class size)"
+    reading = {"inconclusive": "this lesson cannot decide the claim",
+               "not staged": "the lesson did not stage the premise"}.get(verdict.verdict,
+                                                                         "a lesson's verdict, not the kit's finding")
+    lines = [f"    ↑ {size}: {reading}"]
     if record is None:
         lines.append("    paper scale: no committed record of this claim (run the notebook at scale='paper')")
+    elif record["estimate"] is None:
+        lines.append(f"    paper scale: {record['verdict'].upper()} ({_describe_provenance(paper)})")
     else:
         lines.append(f"    paper scale: {record['verdict'].upper()} {record['estimate']:+.2f} "
                      f"[{record['ci_low']:+.2f}, {record['ci_high']:+.2f}], n = {record['n']} ({_describe_provenance(paper)})")
@@ -285,12 +328,20 @@ def _t_decision(claim: Claim, values: np.ndarray, confidence: float,
     return mean, low, high, verdict, needed
 
 
-def decide(claim: Claim, a: pd.Series, b: pd.Series, detail: str = "", confidence: float = 0.95) -> Verdict:
+def decide(claim: Claim, a: pd.Series | Callable[[], pd.Series], b: pd.Series | Callable[[], pd.Series],
+           detail: str = "", confidence: float = 0.95, staging: "Staging | None" = None) -> Verdict:
     """Decide a paired claim from per-unit values of its two sides (Series indexed by seed).
 
     The units are paired by index; a unit present on one side only, a NaN or an empty side is an
-    error naming the claim, never a verdict.
+    error naming the claim, never a verdict. With ``staging`` (:func:`stage`) the claim is decided only if its
+    premise held at some level: the sides are then callables of nothing, computed only in that case (they
+    average the staged levels, :attr:`Staging.levels`); otherwise the record says ``not staged``.
     """
+    if staging is not None:
+        if not staging.levels:
+            return not_staged(claim, staging)
+        a, b = a(), b()
+        detail = "; ".join(filter(None, [f"at the staged levels {staging.describe_levels()}", detail]))
     a, b = pd.Series(a, dtype=float), pd.Series(b, dtype=float)
     _check_units(claim, a, claim.sides[0])
     _check_units(claim, b, claim.sides[1])
@@ -306,15 +357,21 @@ def decide(claim: Claim, a: pd.Series, b: pd.Series, detail: str = "", confidenc
 
 
 def decide_trend(claim: Claim, table: pd.DataFrame, y: str, x: str, group: str = "dataset", detail: str = "",
-                 resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> Verdict:
+                 resamples: int = 2000, confidence: float = 0.95, seed: int = 0, too_few: str = "refuse") -> Verdict:
     """Decide a trend claim: Spearman's rho between ``y`` and ``x`` across ``group``s.
 
-    ``table`` has one row per (unit, group). When the groups are a sample (datasets), the estimate is rho
-    of the per-group means and its CI a percentile bootstrap that resamples units (seeds) and groups
-    independently, so both sources of variation count. When ``x`` is the group itself (a designed sweep,
-    such as a grid of kappa), the grid is fixed: rho is computed per seed and its t-interval taken over
-    seeds, like a paired claim.
+    ``table`` has one row per (unit, group). When ``x`` is the group itself (a designed sweep: a dial's levels,
+    a grid of κ), rho is computed per seed and its t-interval taken over seeds, like a paired claim. A designed
+    sweep needs at least :data:`MIN_LEVELS` levels: with fewer it is refused (``too_few="refuse"``, a
+    ``ValueError``), or, with ``too_few="record"`` (a lesson-scale run's smaller sweep), recorded as inconclusive
+    with rho shown and the reason said.
+
+    When the groups are fixed datasets, the estimate is rho of the per-group means, with a percentile bootstrap
+    that resamples units and groups, shown for what it is: a handful of fixed datasets cannot decide a trend, so
+    the verdict is inconclusive whatever the interval.
     """
+    if too_few not in ("refuse", "record"):
+        raise ValueError(f"too_few={too_few!r}; allowed: refuse, record")
     _check_units(claim, table[y], y)
     unit = claim.unit
     wide_y = table.pivot_table(index=unit, columns=group, values=y)
@@ -329,14 +386,19 @@ def decide_trend(claim: Claim, table: pd.DataFrame, y: str, x: str, group: str =
         return float(stats.spearmanr(xs, ys).statistic) if np.ptp(xs) > 0 and np.ptp(ys) > 0 else 0.0
 
     if x == group:
+        if n_groups < MIN_LEVELS and too_few == "refuse":
+            raise ValueError(f"claim {claim.claim!r}: a designed sweep of {n_groups} {group}s cannot decide a trend; "
+                             f"it needs at least {MIN_LEVELS}")
         grid = wide_y.columns.to_numpy(float)
         per_seed = pd.Series([spearman(grid, row) for row in wide_y.to_numpy()], index=wide_y.index)
         rho = per_seed.to_numpy()
         # a correlation cannot leave [-1, 1]
         mean, low, high, verdict, needed = _t_decision(claim, rho, confidence, bounds=(-1.0, 1.0))
-        return _save(Verdict(claim, verdict, mean, low, high, n_units, needed,
+        enough = n_groups >= MIN_LEVELS
+        return _save(Verdict(claim, verdict if enough else "inconclusive", mean, low, high, n_units,
+                             needed if enough else None,
                              detail + f"; rho per {unit}: " + ", ".join(f"{v:+.2f}" for v in rho),
-                             per_seed.round(3).to_dict()))
+                             per_seed.round(3).to_dict(), interval_kind="t" if enough else "levels"))
 
     _check_units(claim, table[x], x)
     wide_x = table.pivot_table(index=unit, columns=group, values=x).loc[wide_y.index, wide_y.columns]
@@ -348,8 +410,52 @@ def decide_trend(claim: Claim, table: pd.DataFrame, y: str, x: str, group: str =
     rng = np.random.default_rng(seed)
     draws = np.array([rho(rng.integers(0, n_units, n_units), rng.integers(0, n_groups, n_groups)) for _ in range(resamples)])
     low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return _save(Verdict(claim, _verdict(claim, low, high), estimate, float(low), float(high), n_units, None, detail,
+    return _save(Verdict(claim, "inconclusive", estimate, float(low), float(high), n_units, None, detail,
                          interval_kind="bootstrap"))
+
+
+@dataclass(frozen=True)
+class Staging:
+    """Where a premise held: its verdict at every level of a dial (decided on data the method's claims are not
+    decided on, the validation split), and so the levels at which the method's claims are decided."""
+
+    premise: Claim
+    verdicts: dict  # level -> Verdict
+    dial: str = "level"
+
+    @property
+    def levels(self) -> list:
+        """The levels where the premise held, in the dial's order."""
+        return [level for level, v in self.verdicts.items() if v.verdict == "held"]
+
+    def describe_levels(self) -> str:
+        return f"{self.dial} " + ", ".join(f"{level:g}" for level in self.levels)
+
+    def describe(self) -> str:
+        """The premise's numbers at every level, e.g. ``0: −12.1 [−15.0, −9.2] held; 0.2: …``."""
+        return "; ".join(f"{level:g}: {v.interval} {v.verdict}" for level, v in self.verdicts.items())
+
+
+def stage(premise: Claim, sides: Mapping[object, tuple[pd.Series, pd.Series]], dial: str = "level",
+          confidence: float = 0.95) -> Staging:
+    """Decide ``premise`` (``role="premise"``) at each level of a dial: ``sides`` maps a level to the two
+    per-seed Series the premise compares there. Each level's verdict is recorded as the premise at that level;
+    the method's claims are then decided where it held (:func:`decide` with ``staging``)."""
+    if premise.role != "premise":
+        raise ValueError(f"claim {premise.claim!r} has role {premise.role!r}; stage() decides a premise")
+    if not sides:
+        raise ValueError(f"premise {premise.claim!r}: no levels to decide it at")
+    verdicts = {level: decide(replace(premise, claim=f"{premise.claim} ({dial} {level:g})"), a, b,
+                              confidence=confidence) for level, (a, b) in sides.items()}
+    return Staging(premise, verdicts, dial)
+
+
+def not_staged(claim: Claim, staging: Staging) -> Verdict:
+    """Record that ``claim`` was not decided: its premise held at no level of the dial (its numbers said)."""
+    detail = (f"not decided: the premise \"{staging.premise.claim}\" held at no level of {staging.dial} "
+              f"({staging.describe()})")
+    nan = float("nan")
+    return _save(Verdict(claim, "not staged", nan, nan, nan, 0, None, detail))
 
 
 # How far a claim's estimate and CI bounds may move between two runs of the same code and parameters before the
@@ -383,6 +489,10 @@ def compare_runs(now: Mapping, reference: Mapping, tolerance: Mapping = TOLERANC
         if run is None:
             rows.append({**row, "estimate moved": np.nan, "bounds moved": np.nan, "tolerance": "", "within": False})
             continue
+        if ref["estimate"] is None or run["estimate"] is None:  # not staged: only the word can be compared
+            rows.append({**row, "estimate moved": np.nan, "bounds moved": np.nan, "tolerance": "",
+                         "within": run["verdict"] == ref["verdict"]})
+            continue
         estimate_tol, bounds_tol = tolerances(ref, tolerance)
         estimate_moved = abs(run["estimate"] - ref["estimate"])
         bounds_moved = max(abs(run[k] - ref[k]) for k in ("ci_low", "ci_high"))
@@ -397,6 +507,8 @@ def compare_runs(now: Mapping, reference: Mapping, tolerance: Mapping = TOLERANC
 
 
 def _short(record: Mapping) -> str:
+    if record["estimate"] is None:
+        return record["verdict"]
     return f"{record['verdict']} {record['estimate']:+.2f} [{record['ci_low']:+.2f}, {record['ci_high']:+.2f}]"
 
 
@@ -408,8 +520,17 @@ def unit_means(results: pd.DataFrame, unit: str = "seed", measure: str = "accura
     return results[mask].groupby(unit)[measure].mean()
 
 
+def level_sides(results: pd.DataFrame, a: Mapping, b: Mapping, level: str = "level", unit: str = "seed",
+                measure: str = "accuracy", **where) -> dict[object, tuple[pd.Series, pd.Series]]:
+    """Per level of a dial, the two per-``unit`` sides of a paired comparison (what :func:`stage` takes):
+    ``a`` and ``b`` select each side's rows (``dict(method="LLU")``), ``where`` the rows of both."""
+    rows = {level_value: group for level_value, group in results.groupby(level, sort=True)}
+    return {x: (unit_means(group, unit, measure, **where, **a), unit_means(group, unit, measure, **where, **b))
+            for x, group in rows.items()}
+
+
 def counts(records: Sequence[Mapping]) -> dict[str, int]:
-    """How many records are held, contradicted and inconclusive."""
+    """How many records are held, contradicted, inconclusive and not staged."""
     return {v: sum(r["verdict"] == v for r in records) for v in VERDICTS}
 
 
@@ -419,20 +540,25 @@ def takeaway(verdicts: Sequence[Verdict], readings: Mapping[str, Mapping[str, st
     followed by the reading (``readings[claim][verdict]``, written in advance for each outcome) and notes."""
     readings = readings or {}
     tally = counts([v.record() for v in verdicts])
-    lines = [f"**{tally['held']} held, {tally['contradicted']} contradicted, {tally['inconclusive']} inconclusive** "
-             f"(95% CIs over seeds)."]
+    staged = f", {tally['not staged']} not staged" if tally["not staged"] else ""
+    lines = [f"**{tally['held']} held, {tally['contradicted']} contradicted, {tally['inconclusive']} inconclusive"
+             f"{staged}** (95% CIs over seeds)."]
     notebooks = {v.claim.notebook for v in verdicts}
     if any(_RUNS.get(nb, {}).get("scale") == "lesson" for nb in notebooks):
         lines[0] += (" *These are the lesson scale's verdicts, from a run sized for a class: the kit's findings are "
                      "the committed paper-scale verdicts printed beside each claim above.*")
     for v in verdicts:
         reading = readings.get(v.claim.claim, {}).get(v.verdict, "")
+        if not v.staged:
+            lines.append(f"* **not staged** — {v.claim.claim} ({v.claim.paper_ref}): {v.detail}"
+                         f"{'. ' + reading if reading else '.'}")
+            continue
         lines.append(f"* **{v.verdict}** — {v.claim.claim} ({v.claim.paper_ref}): {v.claim.quantity} = {v.interval}, "
                      f"n = {v.n}{'. ' + reading if reading else '.'}")
     lines += [f"* {note}" for note in notes]
     return Markdown("\n".join(lines))
 
 
-__all__ = ["Claim", "Verdict", "declare", "decide", "decide_trend", "unit_means", "begin", "read_claims",
-           "read_run", "committed", "compare_runs", "tolerances", "TOLERANCE",
-           "counts", "takeaway", "seeds_to_resolve", "VERDICTS"]
+__all__ = ["Claim", "Verdict", "Staging", "declare", "decide", "decide_trend", "stage", "not_staged", "unit_means",
+           "level_sides", "begin", "read_claims", "read_run", "committed", "compare_runs", "tolerances", "TOLERANCE", "MARGINS",
+           "MIN_LEVELS", "counts", "takeaway", "seeds_to_resolve", "VERDICTS"]

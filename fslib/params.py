@@ -173,13 +173,12 @@ def precision(name: str, value: Any) -> str:
 
 def dataset_list(name: str, value: Any) -> list[str]:
     """Dataset names (embedded or torchvision) or image-folder paths: a list, or text "shapes,counting"."""
-    from fslib.data import TORCHVISION_DATASETS
-    from fslib.world.suite import WORLD_DATASETS
+    from fslib.data import TORCHVISION_DATASETS, named_datasets
 
     values = _as_list(value)
     if not values:
         raise ValueError(f"{name} is empty; give at least one dataset")
-    known = list(WORLD_DATASETS) + TORCHVISION_DATASETS
+    known = named_datasets() + TORCHVISION_DATASETS
     for v in values:
         if v not in known and not Path(v).is_dir():
             raise ValueError(f"{name}: unknown dataset {v!r}; allowed: {', '.join(known)}, or an image-folder path")
@@ -229,6 +228,21 @@ def _user_globals(namespace: dict[str, Any]) -> dict[str, Any]:
             and not isinstance(v, ModuleType) and not callable(v)}
 
 
+def dial_name(name: str, value: Any) -> str:
+    """One of the dials of :mod:`fslib.world.dials`."""
+    from fslib.world.dials import DIALS
+
+    return choice(*DIALS)(name, value)
+
+
+def dial_levels(name: str, value: Any) -> list[float]:
+    """Levels of a dial, in [0, 1], increasing (which of them the dial has is checked where it is used)."""
+    levels = [float(v) for v in _as_list(value)]
+    if not levels or any(not 0 <= v <= 1 for v in levels) or levels != sorted(set(levels)):
+        raise ValueError(f"{name}={value!r} is not allowed; give increasing levels in [0, 1], e.g. [0, 0.4, 0.8]")
+    return levels
+
+
 def scale(name: str, value: Any) -> str:
     """``"paper"`` (the powered protocol) or ``"lesson"`` (the same code at class size): see :mod:`fslib.scales`."""
     return choice(*scales.SCALES)(name, value)
@@ -250,7 +264,7 @@ CHECKS: dict[str, Check] = dict(
     few_shot_datasets=dataset_list, base_to_new_datasets=dataset_list, base_to_new_shots=positive_int,
     dg_shots=positive_int, episode_id_datasets=dataset_list, episode_ood_datasets=dataset_list,
     episode_tests=dataset_list, episode_shots=positive_int, episode_queries=positive_int,
-    adapt_epochs=positive_int,
+    adapt_epochs=positive_int, dial=dial_name, levels=dial_levels,
 )
 # Where a notebook gives a name another shape (a list of shot counts for a curve, a list of task sizes).
 NOTEBOOK_CHECKS: dict[str, dict[str, Check]] = {

@@ -89,9 +89,15 @@ def scatter_fit(table: "pd.DataFrame", x: str, y: str, label: str, xlabel: str, 
 def verdicts(results: Sequence, title: str = "Claims: estimate, 95% CI and margin") -> plt.Figure:
     """One row per decided claim (:class:`fslib.evidence.Verdict`): the estimate with its 95% CI, the
     margin as a tick, coloured by verdict. The picture of a notebook's evidence at a glance."""
-    colours = {"held": sns.color_palette()[2], "contradicted": sns.color_palette()[3], "inconclusive": "grey"}
+    colours = {"held": sns.color_palette()[2], "contradicted": sns.color_palette()[3], "inconclusive": "grey",
+               "not staged": "darkgrey"}
     fig, axes = plt.subplots(len(results), 1, figsize=(7.5, 0.95 * len(results) + 0.5), squeeze=False)
     for ax, v in zip(axes[:, 0], results):
+        if not v.staged:  # nothing was estimated: say why in the row
+            ax.set_axis_off()
+            ax.set_title(f"not staged: {v.claim.claim}", fontsize=8, loc="left", color=colours[v.verdict])
+            ax.text(0, 0.2, "its premise held at no level of the dial", fontsize=8, transform=ax.transAxes)
+            continue
         ax.errorbar([v.estimate], [0], xerr=[[v.estimate - v.ci_low], [v.ci_high - v.estimate]], fmt="o",
                     color=colours[v.verdict], capsize=4, lw=2)
         ax.axvline(v.claim.margin, color="black", lw=1.2, ls="--", label="margin")
@@ -102,6 +108,30 @@ def verdicts(results: Sequence, title: str = "Claims: estimate, 95% CI and margi
                      color=colours[v.verdict], fontweight="bold")
         ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def premise_along_dial(staging, xlabel: str, title: str = "") -> plt.Figure:
+    """A premise decided level by level (:class:`fslib.evidence.Staging`): its estimate with the 95% CI at each
+    level, the margin as a dashed line, the levels where it held shaded."""
+    levels = list(staging.verdicts)
+    fig, ax = plt.subplots(figsize=(5.8, 3.4))
+    colours = {"held": sns.color_palette()[2], "contradicted": sns.color_palette()[3], "inconclusive": "grey"}
+    for x, v in staging.verdicts.items():
+        ax.errorbar([x], [v.estimate], yerr=[[v.estimate - v.ci_low], [v.ci_high - v.estimate]], fmt="o", capsize=4,
+                    color=colours[v.verdict])
+        if v.verdict == "held":
+            step = min(np.diff(levels)) / 2 if len(levels) > 1 else 0.5
+            ax.axvspan(x - step, x + step, color=colours["held"], alpha=0.12, lw=0)
+    ax.plot(levels, [v.estimate for v in staging.verdicts.values()], color="grey", lw=0.8, zorder=0)
+    ax.axhline(staging.premise.margin, color="black", ls="--", lw=1.2, label=f"margin {staging.premise.margin:+g}")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xticks(levels, labels=[f"{x:g}" for x in levels])
+    ax.set(xlabel=xlabel, ylabel=staging.premise.quantity + " (points)",
+           title=title or f"premise: {staging.premise.claim}\n(95% CI over seeds; shaded: held)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -9,7 +9,10 @@ set with its own class names:
 * :func:`domain_shift_tasks`: fitted on a source domain, scored on the same classes drawn in other styles
   (or on other classes: forgetting);
 * :func:`episodic_tasks`: N-way K-shot episodes, fitted on the support set, scored on the query set;
-* :func:`level_tasks`: any of these over a dataset family's designed levels (a *dial*), one dataset per level.
+* :func:`level_tasks`: any of these over a dataset family's designed levels (a *dial*), one dataset per level
+  (a training-side dial: one fit per level);
+* :func:`dial_base_to_new_tasks`: CoCoOp's protocol on a test-side dial: fitted once per seed on one level's base
+  classes, scored on the base and new classes of every level, on its validation and test images.
 
 :func:`few_shot_sweep`, :func:`base_to_new` and :func:`domain_shift` are the common protocols as one call.
 Choosing on validation lives here once too: :func:`search_ladder` and :func:`choose_hyperparameters` (every
@@ -23,7 +26,7 @@ import contextlib
 import ctypes
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -35,7 +38,7 @@ from fslib import parallel
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import evaluate, settings_of
 from fslib.features import encode_images
-from fslib.fewshot import (Episode, EpisodeSampler, base_new_split, base_to_new_sets, few_shot, fixed_test_sample,
+from fslib.fewshot import (Episode, EpisodeSampler, base_new_split, few_shot, fixed_test_sample,
                            restrict_classes)
 from fslib.methods import Method
 from fslib.progress import tqdm
@@ -47,7 +50,8 @@ MakeMethod = Callable[[int], Method]  # seed -> a fresh method
 @dataclass(frozen=True)
 class Task:
     """One fit: a protocol's support sample for a seed, and the test sets it is scored on (by part).
-    ``level`` is the dial level the task was drawn at (None outside a level sweep)."""
+    ``level`` is the dial level the task was drawn at (None outside a level sweep); ``columns`` gives a test
+    set the columns of its rows where its name is not enough (``{"part": "new", "split": "val", "level": 0.2}``)."""
 
     protocol: str
     dataset: str
@@ -56,6 +60,7 @@ class Task:
     support: ImageDataset
     tests: dict[str, ImageDataset]
     level: object = None
+    columns: Mapping[str, dict] = field(default_factory=dict)
 
 
 def few_shot_tasks(datasets: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
@@ -68,14 +73,24 @@ def few_shot_tasks(datasets: Sequence[str], shots: Sequence[int], seeds: Sequenc
                 yield Task("few-shot", train.name, k, seed, few_shot(train, k, seed), {"all": test})
 
 
-def base_to_new_tasks(datasets: Sequence[str], shots: int, seeds: Sequence[int],
-                      test_per_class: int | None = None) -> Iterator[Task]:
-    """CoCoOp's protocol: fitted on the base half of the classes, scored on base and on new classes."""
+def base_to_new_tasks(datasets: Sequence[str], shots: int, seeds: Sequence[int], test_per_class: int | None = None,
+                      splits: Sequence[str] = ("test",)) -> Iterator[Task]:
+    """CoCoOp's protocol: fitted on the base half of the classes, scored on base and on new classes of the test
+    split; with ``splits=("val", "test")`` also of the validation split (rows then carry ``split``), where a
+    notebook decides what must not be decided on test images (where a premise holds, say)."""
     for name in datasets:
-        base_train, base_test, new_test = base_to_new_sets(load_dataset(name, "train"),
-                                                           fixed_test_sample(load_dataset(name, "test"), test_per_class))
+        base_train, _ = base_new_split(load_dataset(name, "train"))
+        tests, columns = {}, {}
+        for split in splits:
+            data = load_dataset(name, split)
+            halves = base_new_split(fixed_test_sample(data, test_per_class) if split == "test" else data)
+            for part, subset in zip(("base", "new"), halves):
+                key = part if splits == ("test",) else f"{part} ({split})"
+                tests[key] = subset
+                if splits != ("test",):
+                    columns[key] = {"part": part, "split": split}
         for seed in seeds:
-            yield Task("base-to-new", name, shots, seed, few_shot(base_train, shots, seed), {"base": base_test, "new": new_test})
+            yield Task("base-to-new", name, shots, seed, few_shot(base_train, shots, seed), tests, columns=columns)
 
 
 def domain_shift_tasks(source: str, targets: Sequence[str], shots: int, seeds: Sequence[int],
@@ -103,6 +118,28 @@ def level_tasks(protocol: Callable[[str], Iterator[Task]], levels: Mapping[objec
     each task is labelled with its level, the unit a trend over levels is decided on."""
     for level, name in levels.items():
         yield from (replace(task, level=level) for task in protocol(name))
+
+
+def dial_base_to_new_tasks(levels: Mapping[float, str], fit_level: float, shots: int, seeds: Sequence[int],
+                           test_per_class: int | None = None, splits: Sequence[str] = ("val", "test")) -> Iterator[Task]:
+    """CoCoOp's protocol on a test-side dial (:mod:`fslib.world.dials`): for each seed, one fit on ``shots`` images
+    per base class of the ``fit_level`` dataset's training split, scored on the base and the new classes of every
+    level's ``splits`` (the levels draw the same scenes, so every level is scored on the same objects). Rows carry
+    ``part`` (base or new), ``split`` and ``level``; the test split is the fixed sample of ``test_per_class``."""
+    if fit_level not in levels:
+        raise ValueError(f"fit_level={fit_level!r} is not one of the levels {list(levels)}")
+    base_train, _ = base_new_split(load_dataset(levels[fit_level], "train"))
+    tests, columns = {}, {}
+    for level, name in levels.items():
+        for split in splits:
+            data = load_dataset(name, split)
+            for part, subset in zip(("base", "new"), base_new_split(fixed_test_sample(data, test_per_class)
+                                                                      if split == "test" else data)):
+                key = f"{part} {split} @ {level:g}"
+                tests[key], columns[key] = subset, {"part": part, "split": split, "level": level}
+    for seed in seeds:
+        yield Task("base-to-new on a dial", levels[fit_level], shots, seed, few_shot(base_train, shots, seed), tests,
+                   columns=columns)
 
 
 # -- an episodic benchmark: class-disjoint ID test, held-out OOD domains (SMAT's) ------------------
@@ -260,7 +297,8 @@ def _fit_and_score(make: MakeMethod, label: str, task: Task, variations: Sequenc
             names = test.classnames
             score = evaluate(method, test, names, **setting) if method.can_score(names) else float("nan")
             rows.append({"protocol": task.protocol, "dataset": task.dataset, "shots": task.shots, "seed": task.seed,
-                         **level, "method": label, "part": part, "accuracy": score, "fit_seconds": seconds,
+                         **level, "method": label, "part": part, **task.columns.get(part, {}), "accuracy": score,
+                         "fit_seconds": seconds,
                          "peak_mb": memory["peak_mb"], "trainable": method.trainable_parameters(), **setting})
     return rows
 
@@ -273,13 +311,17 @@ def few_shot_sweep(methods: Mapping[str, MakeMethod], datasets: Sequence[str], s
                progress=progress)
 
 
-def base_to_new(methods: Mapping[str, MakeMethod], datasets: Sequence[str], shots: int, seeds: Sequence[int],
-                test_per_class: int | None = None, variations: Sequence[dict] = (), progress: bool = True) -> pd.DataFrame:
+def base_to_new(methods: Mapping[str, MakeMethod], datasets: Sequence[str] | Mapping[object, str], shots: int,
+                seeds: Sequence[int], test_per_class: int | None = None, variations: Sequence[dict] = (),
+                progress: bool = True, splits: Sequence[str] = ("test",)) -> pd.DataFrame:
     """Base-to-new generalisation (CoCoOp's protocol, :func:`base_to_new_tasks`) for ``methods``, each
     (dataset, method) a unit with its seeds in order: :func:`run`'s rows (NaN on new for a method that
-    cannot score unseen classes; one set of rows per declared ``variations`` setting)."""
-    return run(methods, list(base_to_new_tasks(datasets, shots, seeds, test_per_class)), variations, together="method",
-               progress=progress)
+    cannot score unseen classes; one set of rows per declared ``variations`` setting). ``datasets`` may be a
+    dial's ``{level: dataset}`` (:meth:`fslib.world.dials.Dial.datasets`): one fit per level, rows with ``level``."""
+    protocol = lambda names: base_to_new_tasks(names, shots, seeds, test_per_class, splits)
+    tasks = (level_tasks(lambda name: protocol([name]), datasets) if isinstance(datasets, Mapping)
+             else protocol(datasets))
+    return run(methods, list(tasks), variations, together="method", progress=progress)
 
 
 def domain_shift(methods: Mapping[str, MakeMethod], source: str, targets: Sequence[str], shots: int, seeds: Sequence[int],

@@ -88,7 +88,12 @@ def run_notebooks(notebooks: list[Path], out_dir: Path, jobs: int = 1, scale: st
 
 
 def _tally(records: list[dict]) -> str:
-    return " / ".join(f"{n} {v}" for v, n in counts(records).items())
+    """``2 held / 0 contradicted / 1 inconclusive`` (and ``/ 1 not staged`` where some are), premises apart."""
+    claims = [r for r in records if r.get("role", "claim") == "claim"]
+    premises = [r for r in records if r.get("role") == "premise"]
+    tally = " / ".join(f"{n} {v}" for v, n in counts(claims).items() if n or v != "not staged")
+    return tally + (f" (premises: {sum(r['verdict'] == 'held' for r in premises)} of {len(premises)} held)"
+                    if premises else "")
 
 
 def print_summary(rows: list[dict], wall_seconds: float | None = None) -> None:
@@ -97,8 +102,9 @@ def print_summary(rows: list[dict], wall_seconds: float | None = None) -> None:
     for row in rows:
         print(f"{row['notebook']:<14} {row['seconds']:5.0f}s  {row['status']}; {_tally(row['claims'])}")
         for c in row["claims"]:
-            print(f"{'':<4}{c['verdict']:<13} {c['claim'][:58]:<58} {c['estimate']:+7.2f} "
-                  f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] n={c['n']}")
+            numbers = ("(premise held nowhere)" if c["estimate"] is None else
+                       f"{c['estimate']:+7.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] n={c['n']}")
+            print(f"{'':<4}{c['verdict']:<13} {c['claim'][:58]:<58} {numbers}")
     every = [c for r in rows for c in r["claims"]]
     print("-" * 100)
     print(f"{len(rows)} notebooks, {sum(r['status'] == 'ok' for r in rows)} ran, "

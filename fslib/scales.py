@@ -49,10 +49,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "finetune_lrs": dict(paper=[0.0, 1e-4, 1e-3], lesson=[0.0, 1e-3]),
     },
     "04_llu": {
-        "datasets": dict(paper=["colors", "shapes", "textures", "counting", "shapes_sketch", "digits", "color_shapes"],
-                         lesson=["colors", "textures", "shapes_sketch"]),
+        "levels": dict(paper=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], lesson=[0.0, 0.4, 0.8]),
         "shots": dict(paper=16, lesson=2),
-        "curve_shots": dict(paper=[1, 4, 16], lesson=[1, 2]),
         "steps": dict(paper=300, lesson=10),
         "views": dict(paper=4, lesson=1),
     },

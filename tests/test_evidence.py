@@ -71,16 +71,13 @@ def test_records_have_the_documented_keys_and_replace_on_rerun():
     json.dumps(records)
 
 
-def test_trend_from_a_bootstrap_over_seeds_and_datasets():
+def test_a_trend_across_fixed_datasets_is_shown_but_never_decided():
     rows = [{"seed": s, "dataset": d, "x": x, "y": 2 * x + noise}
-            for s, noise in zip((1, 2, 3), (0.0, 0.3, -0.3)) for d, x in zip("abcdef", range(6))]
+            for s, noise in zip((1, 2, 3), (0.0, 0.3, -0.3)) for d, x in zip("abcd", range(4))]
     table = pd.DataFrame(rows)
     up = decide_trend(claim(kind="trend"), table, "y", "x")
-    assert up.estimate == pytest.approx(1.0) and up.verdict == "held"
-    down = decide_trend(claim(kind="trend", direction="less"), table, "y", "x")
-    assert down.verdict == "contradicted"
-    flat = table.assign(y=np.random.default_rng(0).normal(size=len(table)))
-    assert decide_trend(claim(kind="trend"), flat, "y", "x").verdict != "held"
+    assert up.estimate == pytest.approx(1.0) and up.interval_kind == "bootstrap"
+    assert up.verdict == "inconclusive" and "cannot be decided by design" in up.resolution
     with pytest.raises(ValueError, match=">= 3 datasets"):
         decide_trend(claim(kind="trend"), table[table.dataset.isin(["a", "b"])], "y", "x")
 
@@ -94,14 +91,70 @@ def test_unit_means_average_within_seed(capsys):
 
 def test_trend_over_the_swept_value_itself():
     """A designed grid (kappa) is fixed: rho per seed, t-interval over seeds."""
-    rises = pd.DataFrame([{"seed": s, "kappa": k, "new": k + s} for s in (1, 2, 3) for k in (0.0, 1.0, 5.0, 10.0)])
+    grid = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)
+    rises = pd.DataFrame([{"seed": s, "kappa": k, "new": k + s} for s in (1, 2, 3) for k in grid])
     verdict = decide_trend(claim(kind="trend"), rises, "new", "kappa", group="kappa")
     assert verdict.estimate == pytest.approx(1.0) and verdict.verdict == "held" and verdict.interval_kind == "t"
-    # one seed rising, one falling, one flat-ish: rho per seed +1, -1, +0.4 -> inconclusive, with a seed count
-    mixed = pd.DataFrame([{"seed": s, "kappa": k, "new": f(k)} for s, f in ((1, lambda k: k), (2, lambda k: -k),
-                          (3, lambda k: [0, 2, 1, 3][int(k) % 4])) for k in (0.0, 1.0, 2.0, 3.0)])
+    # one seed rising, one falling, one mostly rising: rho per seed +1, -1, +0.83 -> inconclusive
+    mixed = pd.DataFrame([{"seed": s, "kappa": k, "new": f(i)} for s, f in ((1, lambda i: i), (2, lambda i: -i),
+                          (3, lambda i: [0, 2, 1, 3, 5, 4][i])) for i, k in enumerate(grid)])
     verdict = decide_trend(claim(kind="trend"), mixed, "new", "kappa", group="kappa")
-    assert verdict.verdict == "inconclusive" and list(verdict.per_unit.values()) == pytest.approx([1.0, -1.0, 0.8])
+    assert verdict.verdict == "inconclusive" and list(verdict.per_unit.values()) == pytest.approx([1.0, -1.0, 0.886])
+
+
+def test_a_designed_sweep_of_fewer_than_six_levels_is_refused_or_recorded_as_too_small():
+    rises = pd.DataFrame([{"seed": s, "level": x, "y": x + s} for s in (1, 2, 3) for x in (0.0, 0.5, 1.0)])
+    with pytest.raises(ValueError, match="a designed sweep of 3 levels cannot decide a trend; it needs at least 6"):
+        decide_trend(claim(kind="trend"), rises, "y", "level", group="level")
+    small = decide_trend(claim(kind="trend"), rises, "y", "level", group="level", too_few="record")
+    # rho is +1 in every seed, yet three levels decide nothing
+    assert small.estimate == pytest.approx(1.0) and small.verdict == "inconclusive"
+    assert "needs at least 6 levels" in small.resolution
+    with pytest.raises(ValueError, match="too_few='ignore'; allowed: refuse, record"):
+        decide_trend(claim(kind="trend"), rises, "y", "level", group="level", too_few="ignore")
+
+
+def test_premise_first_claims_are_decided_only_where_the_premise_held():
+    from types import SimpleNamespace
+
+    from fslib import evidence
+    evidence.begin("nb", SimpleNamespace(scale="paper", seeds=[1, 2, 3], device="cpu"))
+    premise = Claim("nb", "P loses more than 5 points", "Sec. 1", ("P", "zero-shot"),
+                    margin=evidence.MARGINS["goes wrong"], direction="less", role="premise")
+    zero = seeds([80.0, 80.0, 80.0])
+    # level 0: P loses 10 points in every seed (held); level 1: P loses nothing (contradicted)
+    staging = evidence.stage(premise, {0.0: (seeds([69.0, 70.0, 71.0]), zero), 1.0: (seeds([80.0, 81.0, 79.5]), zero)},
+                             dial="dial")
+    assert staging.levels == [0.0]
+    assert [v.verdict for v in staging.verdicts.values()] == ["held", "contradicted"]
+    asked = []
+
+    def side(value):  # computed only where the premise held
+        return lambda: asked.append(value) or seeds([value + 1, value + 2, value + 3])
+
+    verdict = decide(claim(), side(10.0), side(0.0), staging=staging)
+    assert verdict.verdict == "held" and asked == [10.0, 0.0] and "at the staged levels dial 0" in verdict.detail
+    nowhere = evidence.stage(premise, {1.0: (seeds([80.0, 81.0, 79.5]), zero)}, dial="dial")
+    skipped = decide(claim(text="M fixes it"), side(10.0), side(0.0), staging=nowhere)
+    assert skipped.verdict == "not staged" and asked == [10.0, 0.0] and "held at no level of dial" in skipped.detail
+    assert "1: +0.2 [-1.7, +2.1] contradicted" in skipped.detail
+    records = {r["claim"]: r for r in read_claims("nb")}
+    assert records["P loses more than 5 points (dial 0)"]["role"] == "premise"
+    assert records["M fixes it"] == {**records["M fixes it"], "verdict": "not staged", "estimate": None, "n": 0}
+    # a not-staged record compares by its word alone
+    table = compare_runs({"claims": [records["M fixes it"]]}, {"claims": [records["M fixes it"]]})
+    assert table.within.all() and table.committed[0] == "not staged"
+    with pytest.raises(ValueError, match="has role 'claim'; stage\\(\\) decides a premise"):
+        evidence.stage(claim(), {0.0: (zero, zero)})
+    with pytest.raises(ValueError, match="role 'side'; allowed: claim, premise"):
+        Claim("nb", "x", "Sec. 1", ("A", "B"), role="side")
+
+
+def test_one_margin_per_kind_of_claim():
+    from fslib.evidence import MARGINS
+    assert MARGINS == {"beats": 0.0, "within": -2.0, "goes wrong": -5.0}
+    # a premise's loss must exceed what "on par" forgives, or a method could "fix" a loss that is noise
+    assert MARGINS["goes wrong"] < 2 * MARGINS["within"] < MARGINS["within"] < MARGINS["beats"]
 
 
 def _record(verdict="held", estimate=2.0, low=1.0, high=3.0, quantity="points", claim="A beats B"):

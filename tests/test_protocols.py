@@ -147,3 +147,19 @@ def test_best_on_validation_takes_the_highest_mean_and_the_first_on_ties():
     assert protocols.best_on_validation(table, ["lr"], group="arm") == {"A": 0.1, "B": 0.1}
     table["epochs"] = [0, 0, 5, 5, 0, 0, 5, 5]
     assert protocols.best_on_validation(table[table.arm == "A"], ["lr", "epochs"]) == (0.1, 0)
+
+
+def test_a_test_side_dial_fits_once_per_seed_and_scores_every_level_split_and_part(random_clip):
+    from fslib.world.dials import DIALS
+
+    levels = DIALS["sketch_shift"].datasets((0.0, 0.6, 1.0))
+    tasks = list(protocols.dial_base_to_new_tasks(levels, 0.0, 1, (1, 2), test_per_class=2))
+    assert len(tasks) == 2 and all(t.dataset == "sketch_shift@0" for t in tasks)
+    assert set(tasks[0].support.labels) == set(range(6))  # the base half of the 12 shapes
+    results = protocols.run({"zero-shot": lambda seed: ZeroShot(random_clip)}, tasks, progress=False)
+    assert len(results) == 2 * 3 * 2 * 2  # seeds x levels x splits x parts
+    assert results.groupby(["level", "split", "part"]).size().eq(2).all()
+    sizes = {t: len(d) for t, d in tasks[0].tests.items()}
+    assert sizes["new test @ 0.6"] == 6 * 2 and sizes["new val @ 0.6"] == 6 * 16
+    with pytest.raises(ValueError, match="fit_level=0.5 is not one of the levels"):
+        next(protocols.dial_base_to_new_tasks(levels, 0.5, 1, (1,)))

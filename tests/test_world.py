@@ -60,3 +60,44 @@ def test_suite_rejects_unknown_names():
         suite.load_world_dataset("cats")
     with pytest.raises(ValueError, match="unknown split 'dev'; allowed: train, val, test"):
         suite.load_world_dataset("shapes", "dev")
+
+
+def test_a_dial_draws_the_same_scenes_at_every_level_and_moves_only_its_knob():
+    from fslib.data import load_dataset
+    from fslib.world.dials import DIALS, load_dial_dataset
+
+    dial = DIALS["sketch_shift"]
+    assert len(dial.levels) >= 6 and list(dial.levels) == sorted(dial.levels)
+    levels = [load_dataset(name, "val") for name in dial.datasets().values()]
+    assert all(d.classnames == levels[0].classnames and (d.labels == levels[0].labels).all() for d in levels)
+    assert levels[0].classnames == list(suite.WORLD_DATASETS["shapes"].classnames)
+    # the knob: each level's images lie farther (in pixels) from the pretraining-style level than the one before,
+    # and the last level is the pencil-sketch style of shapes_sketch (light paper, dark outlines)
+    start = levels[0].images.astype(np.float32)
+    distances = [float(np.abs(d.images.astype(np.float32) - start).mean()) for d in levels]
+    assert distances[0] == 0 and all(a < b for a, b in zip(distances, distances[1:]))
+    assert levels[-1].images.mean() > 200 and load_dataset("shapes_sketch", "val").images.mean() > 200
+    with pytest.raises(ValueError, match="unknown dataset 'sketch_shift@0.3'; allowed: .*sketch_shift@0.2, sketch_sh"):
+        load_dataset("sketch_shift@0.3")
+    with pytest.raises(ValueError, match="sketch_shift has no level '0.3'; allowed: 0, 0.2, 0.4, 0.6, 0.8, 1"):
+        load_dial_dataset("sketch_shift@0.3")
+    with pytest.raises(ValueError, match="sketch_shift has no level 0.3; allowed: 0, 0.2"):
+        dial.dataset(0.3)
+    with pytest.raises(ValueError, match="unknown dial 'fog'; allowed: sketch_shift"):
+        load_dial_dataset("fog@1")
+
+
+def test_the_sketch_dial_moves_zero_shot_accuracy_from_known_to_unknown():
+    """What the dial stages: the tiny CLIP recognises level 0 (its pretraining styles) and fails at level 1,
+    falling across the levels (Spearman's rho over levels, on the validation images)."""
+    from scipy import stats
+
+    from fslib.models import load_clip
+    from fslib.studies.zero_shot import zero_shot_table
+    from fslib.world.dials import DIALS
+
+    dial = DIALS["sketch_shift"]
+    clip = load_clip()
+    accuracy = [float(zero_shot_table(clip, [name], split="val").zero_shot.iloc[0]) for name in dial.datasets().values()]
+    assert accuracy[0] > 85 and accuracy[-1] < 35, accuracy
+    assert stats.spearmanr(dial.levels, accuracy).statistic <= -0.9, accuracy

@@ -1,7 +1,7 @@
 """04_llu's analyses beside the shared protocols: how local LLU's update really is (Ibing, Lim, Kobbelt, 2022, §3)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -43,6 +43,23 @@ def kappa_tradeoff(sweep: pd.DataFrame, zero_shot: "pd.Series") -> plt.Figure:
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlim(-0.2, 1.3 * summary["method"].max())  # κ >= 0: no negative half of the symlog axis
     ax.set(xlabel="κ (kernel sharpness; 0 = global)", ylabel="accuracy (%)", title="From global to local updates (95% CI over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def locality_along_dial(locality: pd.DataFrame, levels: Mapping[float, str], kappa: float) -> plt.Figure:
+    """The mechanism check: the mean locality weight on base and new test images (:func:`locality_table`) at
+    every level of a dial (``levels``: level -> dataset). Locality can only spare new classes where their
+    images get clearly less weight than the base images."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    xs = list(levels)
+    for colour, part in zip(sns.color_palette(), ("base", "new")):
+        ax.plot(xs, [locality.loc[name, ("images", part)] for name in levels.values()], marker="o", color=colour,
+                label=f"{part} test images")
+    ax.set_xticks(xs, labels=[f"{x:g}" for x in xs])
+    ax.set(xlabel="dial level", ylabel="mean locality weight w", ylim=(0, None),
+           title=f"Where LLU's update acts (κ = {kappa:g}; first seed)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
