@@ -428,6 +428,13 @@ class Staging:
         """The levels where the premise held, in the dial's order."""
         return [level for level, v in self.verdicts.items() if v.verdict == "held"]
 
+    def restricted(self, levels: Sequence) -> "Staging":
+        """The same premise decided at ``levels`` only (where one experiment of the notebook runs), or, if
+        ``levels`` is empty, everywhere it was decided (a claim is then not staged)."""
+        if not levels:
+            return Staging(self.premise, {x: v for x, v in self.verdicts.items() if v.verdict != "held"}, self.dial)
+        return Staging(self.premise, {x: self.verdicts[x] for x in levels}, self.dial)
+
     def describe_levels(self) -> str:
         return f"{self.dial} " + ", ".join(f"{level:g}" for level in self.levels)
 

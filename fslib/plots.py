@@ -2,6 +2,7 @@
 notebooks draw (a notebook's own figures live beside its experiment, in :mod:`fslib.studies`)."""
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING, Sequence
 
 import matplotlib.pyplot as plt
@@ -129,7 +130,8 @@ def premise_along_dial(staging, xlabel: str, title: str = "") -> plt.Figure:
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xticks(levels, labels=[f"{x:g}" for x in levels])
     ax.set(xlabel=xlabel, ylabel=staging.premise.quantity + " (points)",
-           title=title or f"premise: {staging.premise.claim}\n(95% CI over seeds; shaded: held)")
+           title=title or "\n".join(textwrap.wrap(f"premise: {staging.premise.claim}", 70)
+                                     + ["(95% CI over seeds; shaded: held)"]))
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
     fig.tight_layout()

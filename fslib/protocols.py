@@ -304,11 +304,12 @@ def _fit_and_score(make: MakeMethod, label: str, task: Task, variations: Sequenc
 
 
 def few_shot_sweep(methods: Mapping[str, MakeMethod], datasets: Sequence[str], shots: Sequence[int],
-                   seeds: Sequence[int], test_per_class: int | None = None, progress: bool = True) -> pd.DataFrame:
+                   seeds: Sequence[int], test_per_class: int | None = None, progress: bool = True,
+                   prepare: Sequence[Callable[[ImageDataset, int], object]] = ()) -> pd.DataFrame:
     """The few-shot protocol (:func:`few_shot_tasks`) for ``methods``, each (dataset, shot count, method) a
-    unit with its seeds in order: :func:`run`'s rows."""
+    unit with its seeds in order: :func:`run`'s rows (``prepare``: :func:`preparations` of tuned contenders)."""
     return run(methods, list(few_shot_tasks(datasets, shots, seeds, test_per_class)), together="method",
-               progress=progress)
+               progress=progress, prepare=prepare)
 
 
 def base_to_new(methods: Mapping[str, MakeMethod], datasets: Sequence[str] | Mapping[object, str], shots: int,
@@ -522,6 +523,16 @@ def at_chosen(candidates: Mapping[str, Contender], tuning: pd.DataFrame) -> dict
 def preparations(candidates: Mapping[str, Contender]) -> list[Callable[[ImageDataset, int], object]]:
     """The contenders' ``prepare`` steps, each once, for :func:`run`'s ``prepare``."""
     return list({id(c.prepare): c.prepare for c in candidates.values() if c.prepare}.values())
+
+
+def best_rival(tuning: pd.DataFrame, among: Sequence[str]) -> str:
+    """"The best other method" chosen on validation, never on test: of ``among``, the one whose chosen value
+    scored highest in :func:`choose_hyperparameters`' search (the first listed on a tie)."""
+    chosen = tuning[tuning.chosen].set_index("method").val_accuracy
+    missing = [m for m in among if m not in chosen.index or np.isnan(chosen[m])]
+    if missing:
+        raise ValueError(f"no validation score for {', '.join(missing)}: tune them with choose_hyperparameters first")
+    return max(among, key=lambda m: (chosen[m], -list(among).index(m)))
 
 
 def tuning_summary(tuning: pd.DataFrame) -> pd.DataFrame:

@@ -55,13 +55,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "views": dict(paper=4, lesson=1),
     },
     "05_clip_cite": {
-        "datasets": dict(paper=["textures", "shapes_sketch", "color_shapes"], lesson=["textures", "shapes_sketch"]),
+        "levels": dict(paper=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], lesson=[0.0, 0.4, 0.8]),
         "shots": dict(paper=16, lesson=2),
         "epochs": dict(paper=10, lesson=1),
-        "lrs": dict(paper=[3e-5, 1e-4, 3e-4, 1e-3], lesson=[1e-4, 1e-3]),
-        "ratios": dict(paper=[0.0, 0.25, 0.5, 0.75, 1.0], lesson=[0.0, 0.5, 1.0]),
+        "ratios": dict(paper=[0.0, 0.5, 1.0], lesson=[0.0, 0.5, 1.0]),
         "curve_shots": dict(paper=[2, 8], lesson=[1, 2]),
-        "test_per_class": dict(paper=32, lesson=4),
+        "test_per_class": dict(paper=16, lesson=4),
+        "steps": dict(paper=300, lesson=10),
+        "views": dict(paper=4, lesson=1),
     },
     "06_compare": {
         "shots": dict(paper=[2, 8], lesson=[1, 2]),
