@@ -414,6 +414,11 @@ def decide_trend(claim: Claim, table: pd.DataFrame, y: str, x: str, group: str =
                          interval_kind="bootstrap"))
 
 
+def level_name(level: object) -> str:
+    """A dial's level as printed (``0.4``), or a named dataset standing for one (a real-data run)."""
+    return f"{level:g}" if isinstance(level, (int, float, np.number)) else str(level)
+
+
 @dataclass(frozen=True)
 class Staging:
     """Where a premise held: its verdict at every level of a dial (decided on data the method's claims are not
@@ -436,11 +441,11 @@ class Staging:
         return Staging(self.premise, {x: self.verdicts[x] for x in levels}, self.dial)
 
     def describe_levels(self) -> str:
-        return f"{self.dial} " + ", ".join(f"{level:g}" for level in self.levels)
+        return f"{self.dial} " + ", ".join(map(level_name, self.levels))
 
     def describe(self) -> str:
         """The premise's numbers at every level, e.g. ``0: −12.1 [−15.0, −9.2] held; 0.2: …``."""
-        return "; ".join(f"{level:g}: {v.interval} {v.verdict}" for level, v in self.verdicts.items())
+        return "; ".join(f"{level_name(level)}: {v.interval} {v.verdict}" for level, v in self.verdicts.items())
 
 
 def stage(premise: Claim, sides: Mapping[object, tuple[pd.Series, pd.Series]], dial: str = "level",
@@ -452,7 +457,7 @@ def stage(premise: Claim, sides: Mapping[object, tuple[pd.Series, pd.Series]], d
         raise ValueError(f"claim {premise.claim!r} has role {premise.role!r}; stage() decides a premise")
     if not sides:
         raise ValueError(f"premise {premise.claim!r}: no levels to decide it at")
-    verdicts = {level: decide(replace(premise, claim=f"{premise.claim} ({dial} {level:g})"), a, b,
+    verdicts = {level: decide(replace(premise, claim=f"{premise.claim} ({dial} {level_name(level)})"), a, b,
                               confidence=confidence) for level, (a, b) in sides.items()}
     return Staging(premise, verdicts, dial)
 
@@ -567,5 +572,5 @@ def takeaway(verdicts: Sequence[Verdict], readings: Mapping[str, Mapping[str, st
 
 
 __all__ = ["Claim", "Verdict", "Staging", "declare", "decide", "decide_trend", "stage", "not_staged", "unit_means",
-           "level_sides", "begin", "read_claims", "read_run", "committed", "compare_runs", "tolerances", "TOLERANCE", "MARGINS",
+           "level_sides", "level_name", "begin", "read_claims", "read_run", "committed", "compare_runs", "tolerances", "TOLERANCE", "MARGINS",
            "MIN_LEVELS", "counts", "takeaway", "seeds_to_resolve", "VERDICTS"]

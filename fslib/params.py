@@ -146,15 +146,15 @@ def fraction_list(name: str, value: Any) -> list[float]:
 
 
 def wise_ratios(name: str, value: Any) -> list[float]:
-    """WiSE-FT interpolation ratios in [0, 1], sorted, that must include 0 (the pretrained model: zero-shot),
-    0.5 (CLIP-CITE's ratio) and 1 (the fine-tuned model), the three points notebook 05 reads."""
-    values = _float_list(name, value, "in [0, 1]")
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in values):
-        raise ValueError(f"{name}={value!r} is not allowed; it must be a list of numbers in [0, 1]")
-    missing = [r for r in (0.0, 0.5, 1.0) if r not in values]
+    """WiSE-FT interpolation ratios in (0, 1], sorted, that must include 0.5 (CLIP-CITE's ratio) and 1 (the
+    fine-tuned end), the two points notebook 05 compares (0 is the pretrained model: zero-shot, scored once)."""
+    values = _float_list(name, value, "in (0, 1]")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1 for v in values):
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a list of numbers in (0, 1]")
+    missing = [r for r in (0.5, 1.0) if r not in values]
     if missing:
         raise ValueError(f"{name}={value!r} is not allowed; it must include {', '.join(f'{r:g}' for r in missing)} "
-                         "(0 = zero-shot, 0.5 = CLIP-CITE, 1 = plain fine-tuning)")
+                         "(0.5 = CLIP-CITE, 1 = its fine-tuned end)")
     return sorted(float(v) for v in values)
 
 
@@ -228,6 +228,11 @@ def _user_globals(namespace: dict[str, Any]) -> dict[str, Any]:
             and not isinstance(v, ModuleType) and not callable(v)}
 
 
+def optional(check: Check) -> Check:
+    """``check``, or ``None`` left as it is (a parameter that is off unless given)."""
+    return lambda name, value: None if value is None else check(name, value)
+
+
 def dial_name(name: str, value: Any) -> str:
     """One of the dials of :mod:`fslib.world.dials`."""
     from fslib.world.dials import DIALS
@@ -271,6 +276,9 @@ NOTEBOOK_CHECKS: dict[str, dict[str, Check]] = {
     "00_tour": dict(shots=int_list),
     "01_mamf": dict(n_way=int_list),
     "06_compare": dict(shots=int_list),
+    # instead of the dial's levels, named datasets (real data): each decided on its own
+    "04_llu": dict(datasets=optional(dataset_list)),
+    "05_clip_cite": dict(datasets=optional(dataset_list)),
 }
 
 

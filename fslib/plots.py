@@ -11,6 +11,7 @@ import seaborn as sns
 from scipy import stats
 
 from fslib.evaluation import summarise
+from fslib.evidence import level_name
 from fslib.paths import project_dir
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def facet_lines(results: "pd.DataFrame", x: str, xlabel: str, facet: str = "data
             ax.fill_between(rows[x], low, high, color=colours[line], alpha=0.2)
         if log2_x:
             ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, labels=[f"{v:g}" for v in xs], fontsize=8, rotation=45 if len(xs) > 4 else 0)
+        ax.set_xticks(xs, labels=[level_name(v) for v in xs], fontsize=8, rotation=45 if len(xs) > 4 else 0)
         ax.set_title(panel, fontsize=10)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
@@ -117,18 +118,20 @@ def premise_along_dial(staging, xlabel: str, title: str = "") -> plt.Figure:
     """A premise decided level by level (:class:`fslib.evidence.Staging`): its estimate with the 95% CI at each
     level, the margin as a dashed line, the levels where it held shaded."""
     levels = list(staging.verdicts)
+    numeric = all(isinstance(x, (int, float, np.number)) for x in levels)
+    xs = levels if numeric else list(range(len(levels)))  # named datasets: one position each
     fig, ax = plt.subplots(figsize=(5.8, 3.4))
     colours = {"held": sns.color_palette()[2], "contradicted": sns.color_palette()[3], "inconclusive": "grey"}
-    for x, v in staging.verdicts.items():
+    half_step = min(np.diff(xs)) / 2 if len(xs) > 1 else 0.5
+    for x, v in zip(xs, staging.verdicts.values()):
         ax.errorbar([x], [v.estimate], yerr=[[v.estimate - v.ci_low], [v.ci_high - v.estimate]], fmt="o", capsize=4,
                     color=colours[v.verdict])
         if v.verdict == "held":
-            step = min(np.diff(levels)) / 2 if len(levels) > 1 else 0.5
-            ax.axvspan(x - step, x + step, color=colours["held"], alpha=0.12, lw=0)
-    ax.plot(levels, [v.estimate for v in staging.verdicts.values()], color="grey", lw=0.8, zorder=0)
+            ax.axvspan(x - half_step, x + half_step, color=colours["held"], alpha=0.12, lw=0)
+    ax.plot(xs, [v.estimate for v in staging.verdicts.values()], color="grey", lw=0.8, zorder=0)
     ax.axhline(staging.premise.margin, color="black", ls="--", lw=1.2, label=f"margin {staging.premise.margin:+g}")
     ax.axhline(0, color="grey", lw=0.6)
-    ax.set_xticks(levels, labels=[f"{x:g}" for x in levels])
+    ax.set_xticks(xs, labels=[level_name(x) for x in levels])
     ax.set(xlabel=xlabel, ylabel=staging.premise.quantity + " (points)",
            title=title or "\n".join(textwrap.wrap(f"premise: {staging.premise.claim}", 70)
                                      + ["(95% CI over seeds; shaded: held)"]))

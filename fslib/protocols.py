@@ -9,10 +9,7 @@ set with its own class names:
 * :func:`domain_shift_tasks`: fitted on a source domain, scored on the same classes drawn in other styles
   (or on other classes: forgetting);
 * :func:`episodic_tasks`: N-way K-shot episodes, fitted on the support set, scored on the query set;
-* :func:`level_tasks`: any of these over a dataset family's designed levels (a *dial*), one dataset per level
-  (a training-side dial: one fit per level);
-* :func:`dial_base_to_new_tasks`: CoCoOp's protocol on a test-side dial: fitted once per seed on one level's base
-  classes, scored on the base and new classes of every level, on its validation and test images.
+* :func:`level_tasks`: any of these over a dataset family's designed levels (a *dial*), one dataset per level.
 
 :func:`few_shot_sweep`, :func:`base_to_new` and :func:`domain_shift` are the common protocols as one call.
 Choosing on validation lives here once too: :func:`search_ladder` and :func:`choose_hyperparameters` (every
@@ -118,28 +115,6 @@ def level_tasks(protocol: Callable[[str], Iterator[Task]], levels: Mapping[objec
     each task is labelled with its level, the unit a trend over levels is decided on."""
     for level, name in levels.items():
         yield from (replace(task, level=level) for task in protocol(name))
-
-
-def dial_base_to_new_tasks(levels: Mapping[float, str], fit_level: float, shots: int, seeds: Sequence[int],
-                           test_per_class: int | None = None, splits: Sequence[str] = ("val", "test")) -> Iterator[Task]:
-    """CoCoOp's protocol on a test-side dial (:mod:`fslib.world.dials`): for each seed, one fit on ``shots`` images
-    per base class of the ``fit_level`` dataset's training split, scored on the base and the new classes of every
-    level's ``splits`` (the levels draw the same scenes, so every level is scored on the same objects). Rows carry
-    ``part`` (base or new), ``split`` and ``level``; the test split is the fixed sample of ``test_per_class``."""
-    if fit_level not in levels:
-        raise ValueError(f"fit_level={fit_level!r} is not one of the levels {list(levels)}")
-    base_train, _ = base_new_split(load_dataset(levels[fit_level], "train"))
-    tests, columns = {}, {}
-    for level, name in levels.items():
-        for split in splits:
-            data = load_dataset(name, split)
-            for part, subset in zip(("base", "new"), base_new_split(fixed_test_sample(data, test_per_class)
-                                                                      if split == "test" else data)):
-                key = f"{part} {split} @ {level:g}"
-                tests[key], columns[key] = subset, {"part": part, "split": split, "level": level}
-    for seed in seeds:
-        yield Task("base-to-new on a dial", levels[fit_level], shots, seed, few_shot(base_train, shots, seed), tests,
-                   columns=columns)
 
 
 # -- an episodic benchmark: class-disjoint ID test, held-out OOD domains (SMAT's) ------------------

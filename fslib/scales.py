@@ -49,16 +49,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "finetune_lrs": dict(paper=[0.0, 1e-4, 1e-3], lesson=[0.0, 1e-3]),
     },
     "04_llu": {
+        "datasets": dict(paper=None, lesson=None),  # None: the dial's levels
         "levels": dict(paper=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], lesson=[0.0, 0.4, 0.8]),
         "shots": dict(paper=16, lesson=2),
         "steps": dict(paper=300, lesson=10),
         "views": dict(paper=4, lesson=1),
     },
     "05_clip_cite": {
+        "datasets": dict(paper=None, lesson=None),  # None: the dial's levels
         "levels": dict(paper=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], lesson=[0.0, 0.4, 0.8]),
         "shots": dict(paper=16, lesson=2),
         "epochs": dict(paper=10, lesson=1),
-        "ratios": dict(paper=[0.0, 0.5, 1.0], lesson=[0.0, 0.5, 1.0]),
+        "ratios": dict(paper=[0.5, 1.0], lesson=[0.5, 1.0]),
         "curve_shots": dict(paper=[2, 8], lesson=[1, 2]),
         "test_per_class": dict(paper=16, lesson=4),
         "steps": dict(paper=300, lesson=10),

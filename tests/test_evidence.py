@@ -138,6 +138,12 @@ def test_premise_first_claims_are_decided_only_where_the_premise_held():
     skipped = decide(claim(text="M fixes it"), side(10.0), side(0.0), staging=nowhere)
     assert skipped.verdict == "not staged" and asked == [10.0, 0.0] and "held at no level of dial" in skipped.detail
     assert "1: +0.2 [-1.7, +2.1] contradicted" in skipped.detail
+    # one experiment at one staged level; none where the premise held nowhere
+    assert evidence.Staging(premise, staging.verdicts, "dial").restricted([0.0]).levels == [0.0]
+    assert staging.restricted([]).levels == [] and list(staging.restricted([]).verdicts) == [1.0]
+    per_level = evidence.level_sides(pd.DataFrame({"level": [0, 0, 1, 1], "seed": [1, 1, 1, 1], "method": ["P", "Z"] * 2,
+                                                   "accuracy": [1.0, 2.0, 3.0, 4.0]}), dict(method="P"), dict(method="Z"))
+    assert {x: (a.tolist(), b.tolist()) for x, (a, b) in per_level.items()} == {0: ([1.0], [2.0]), 1: ([3.0], [4.0])}
     records = {r["claim"]: r for r in read_claims("nb")}
     assert records["P loses more than 5 points (dial 0)"]["role"] == "premise"
     assert records["M fixes it"] == {**records["M fixes it"], "verdict": "not staged", "estimate": None, "n": 0}

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -228,12 +229,35 @@ def test_block_count_or_all():
         params.positive_int_or_all("expert_blocks", 0)
 
 
-def test_wise_ratios_must_hold_the_three_points_read():
-    assert params.wise_ratios("ratios", "1,0,0.5,0.25") == [0.0, 0.25, 0.5, 1.0]
-    with pytest.raises(ValueError, match=r"ratios=\[0.0, 1.0\] is not allowed; it must include 0.5"):
-        params.wise_ratios("ratios", [0.0, 1.0])
-    with pytest.raises(ValueError, match="must be a list of numbers in \\[0, 1\\]"):
-        params.wise_ratios("ratios", [0.0, 0.5, 1.0, 1.5])
+def test_wise_ratios_must_hold_the_two_points_read():
+    assert params.wise_ratios("ratios", "1,0.5,0.25") == [0.25, 0.5, 1.0]
+    with pytest.raises(ValueError, match=r"ratios=\[0.25, 1.0\] is not allowed; it must include 0.5"):
+        params.wise_ratios("ratios", [0.25, 1.0])
+    with pytest.raises(ValueError, match="must be a list of numbers in \\(0, 1\\]"):
+        params.wise_ratios("ratios", [0.0, 0.5, 1.0])
+
+
+def test_optional_parameters_stay_off_unless_given():
+    check = params.optional(params.dataset_list)
+    assert check("datasets", None) is None and check("datasets", "shapes,textures") == ["shapes", "textures"]
+    with pytest.raises(ValueError, match="datasets: unknown dataset 'shapez'"):
+        check("datasets", "shapez")
+    assert params.dial_levels("levels", "0,0.4,0.8") == [0.0, 0.4, 0.8]
+    with pytest.raises(ValueError, match=r"levels=\[0.4, 0.2\] is not allowed; give increasing levels in \[0, 1\]"):
+        params.dial_levels("levels", [0.4, 0.2])
+
+
+def test_zero_shot_with_one_prompt_uses_the_first_template_only(random_clip):
+    from fslib.methods import ZeroShot
+    from tests.conftest import make_dataset
+
+    data = make_dataset(3, 2, seed=0)
+    data.templates = ["a photo of a {}.", "a drawing of a {}."]
+    single = ZeroShot(random_clip, prompts=1).fit(data).logits(data)
+    first_only = ZeroShot(random_clip).fit(replace(data, templates=data.templates[:1])).logits(data)
+    assert torch.allclose(single, first_only) and not torch.allclose(single, ZeroShot(random_clip).fit(data).logits(data))
+    with pytest.raises(ValueError, match="prompts=0 is not allowed"):
+        ZeroShot(random_clip, prompts=0)
 
 
 def test_precision_setting_names_the_allowed_values_and_resolves_auto(monkeypatch):

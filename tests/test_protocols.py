@@ -149,17 +149,25 @@ def test_best_on_validation_takes_the_highest_mean_and_the_first_on_ties():
     assert protocols.best_on_validation(table[table.arm == "A"], ["lr", "epochs"]) == (0.1, 0)
 
 
-def test_a_test_side_dial_fits_once_per_seed_and_scores_every_level_split_and_part(random_clip):
+def test_base_to_new_over_a_dial_fits_each_level_and_scores_validation_and_test(random_clip):
     from fslib.world.dials import DIALS
 
-    levels = DIALS["sketch_shift"].datasets((0.0, 0.6, 1.0))
-    tasks = list(protocols.dial_base_to_new_tasks(levels, 0.0, 1, (1, 2), test_per_class=2))
-    assert len(tasks) == 2 and all(t.dataset == "sketch_shift@0" for t in tasks)
-    assert set(tasks[0].support.labels) == set(range(6))  # the base half of the 12 shapes
-    results = protocols.run({"zero-shot": lambda seed: ZeroShot(random_clip)}, tasks, progress=False)
-    assert len(results) == 2 * 3 * 2 * 2  # seeds x levels x splits x parts
+    levels = DIALS["sketch_shift"].datasets((0.0, 1.0))
+    results = protocols.base_to_new({"zero-shot": lambda seed: ZeroShot(random_clip)}, levels, 1, (1, 2),
+                                    test_per_class=2, splits=("val", "test"), progress=False)
+    assert len(results) == 2 * 2 * 2 * 2  # levels x seeds x splits x parts
     assert results.groupby(["level", "split", "part"]).size().eq(2).all()
-    sizes = {t: len(d) for t, d in tasks[0].tests.items()}
-    assert sizes["new test @ 0.6"] == 6 * 2 and sizes["new val @ 0.6"] == 6 * 16
-    with pytest.raises(ValueError, match="fit_level=0.5 is not one of the levels"):
-        next(protocols.dial_base_to_new_tasks(levels, 0.5, 1, (1,)))
+    assert set(results.dataset) == {"sketch_shift@0", "sketch_shift@1"}
+    plain = protocols.base_to_new({"zero-shot": lambda seed: ZeroShot(random_clip)}, ["sketch_shift@0"], 1, (1,),
+                                  test_per_class=2, progress=False)
+    assert "split" not in plain and "level" not in plain and list(plain.part) == ["base", "new"]
+
+
+def test_the_best_rival_is_chosen_on_validation():
+    tuning = pd.DataFrame([{"method": "A", "value": 1, "val_accuracy": 70.0, "chosen": True},
+                           {"method": "A", "value": 2, "val_accuracy": 60.0, "chosen": False},
+                           {"method": "B", "value": 1, "val_accuracy": 75.0, "chosen": True},
+                           {"method": "C", "value": 1, "val_accuracy": 75.0, "chosen": True}])
+    assert protocols.best_rival(tuning, ["A", "B", "C"]) == "B" and protocols.best_rival(tuning, ["C", "B"]) == "C"
+    with pytest.raises(ValueError, match="no validation score for D"):
+        protocols.best_rival(tuning, ["A", "D"])

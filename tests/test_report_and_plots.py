@@ -22,6 +22,32 @@ def test_summary_counts_three_verdicts(capsys):
     assert "3 claims: 1 held / 0 contradicted / 2 inconclusive" in out
 
 
+def test_summary_counts_premises_apart_and_not_staged_claims_without_numbers(capsys):
+    claim = {"claim": "a", "estimate": 1.0, "ci_low": 0.5, "ci_high": 1.5, "n": 3, "verdict": "held"}
+    print_summary([{"notebook": "04_llu", "seconds": 12.0, "status": "ok",
+                    "claims": [{**claim, "role": "premise"}, {**claim, "claim": "b", "role": "claim"},
+                               {**claim, "claim": "c", "verdict": "not staged", "estimate": None, "ci_low": None,
+                                "ci_high": None, "n": 0}]}])
+    out = capsys.readouterr().out
+    assert "1 held / 0 contradicted / 0 inconclusive / 1 not staged (premises: 1 of 1 held)" in out
+    assert "(premise held nowhere)" in out
+
+
+def test_a_premise_along_a_dial_shades_the_levels_where_it_held():
+    from fslib import evidence
+
+    premise = evidence.Claim("nb", "P forgets", "Sec. 1", ("P", "Z"), margin=-5.0, direction="less", role="premise")
+    seeds = lambda *v: pd.Series(v, index=[1, 2, 3])
+    staging = evidence.stage(premise, {0.0: (seeds(70.0, 71.0, 69.0), seeds(80.0, 80.0, 80.0)),
+                                       0.5: (seeds(80.0, 79.0, 81.0), seeds(80.0, 80.0, 80.0))}, dial="d")
+    fig = plots.premise_along_dial(staging, xlabel="level")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 1  # one shaded level
+    assert ax.get_lines()[-2].get_ydata()[0] == -5.0  # the margin
+    verdicts = [evidence.not_staged(evidence.Claim("nb", "M fixes it", "Sec. 2", ("M", "Z")), staging)]
+    assert plots.verdicts(verdicts).axes[0].get_title(loc="left") == "not staged: M fixes it"
+
+
 def test_save_writes_under_figures_and_shows_no_path(tmp_path, monkeypatch):
     results = pd.DataFrame({"dataset": ["d"] * 4, "method": ["m"] * 4, "shots": [1, 1, 2, 2], "accuracy": [1.0, 2.0, 3.0, 4.0]})
     assert plots.save(plots.shot_curves(results), "00_tour", "curve") is None  # no machine path in a cell's output

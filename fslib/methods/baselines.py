@@ -14,16 +14,24 @@ from fslib.models import Clip, zero_shot_classifier
 
 
 class ZeroShot(Method):
-    """CLIP's zero-shot classifier with prompt ensembling (Radford et al., 2021, Sec. 3.1.4)."""
+    """CLIP's zero-shot classifier with prompt ensembling (Radford et al., 2021, Sec. 3.1.4) over the dataset's
+    templates, or over its first ``prompts`` of them (``prompts=1``: one prompt per class, as the methods that
+    fine-tune with a single prompt score classes)."""
 
     name = "zero-shot"
+
+    def __init__(self, clip: Clip, prompts: int | None = None):
+        super().__init__(clip)
+        if prompts is not None and prompts < 1:
+            raise ValueError(f"prompts={prompts} is not allowed; give None (every template) or at least 1")
+        self.prompts = prompts
 
     def fit(self, support: ImageDataset) -> "ZeroShot":
         self._remember(support)
         return self
 
     def logits(self, images: Images, classnames: Sequence[str] | None = None) -> torch.Tensor:
-        weights = zero_shot_classifier(self.clip, classnames or self.classnames, self.templates)
+        weights = zero_shot_classifier(self.clip, classnames or self.classnames, self.templates[:self.prompts])
         return self.clip.logit_scale * self.image_features(images) @ weights.T
 
 

@@ -10,6 +10,7 @@ import seaborn as sns
 
 from fslib.data import load_dataset
 from fslib.evaluation import summarise
+from fslib.evidence import level_name
 from fslib.fewshot import base_to_new_sets, few_shot
 from fslib.methods.llu import LLU
 from fslib.models import Clip
@@ -55,10 +56,10 @@ def locality_along_dial(locality: pd.DataFrame, levels: Mapping[float, str], kap
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
     xs = list(levels)
     for colour, part in zip(sns.color_palette(), ("base", "new")):
-        ax.plot(xs, [locality.loc[name, ("images", part)] for name in levels.values()], marker="o", color=colour,
+        ax.plot(range(len(xs)), [locality.loc[name, ("images", part)] for name in levels.values()], marker="o", color=colour,
                 label=f"{part} test images")
-    ax.set_xticks(xs, labels=[f"{x:g}" for x in xs])
-    ax.set(xlabel="dial level", ylabel="mean locality weight w", ylim=(0, None),
+    ax.set_xticks(range(len(xs)), labels=[level_name(x) for x in xs])
+    ax.set(xlabel="dial level (or dataset)", ylabel="mean locality weight w", ylim=(0, None),
            title=f"Where LLU's update acts (κ = {kappa:g}; first seed)")
     ax.legend(fontsize=8)
     fig.tight_layout()
