@@ -28,10 +28,11 @@ class ZeroShot(Method):
 
     def fit(self, support: ImageDataset) -> "ZeroShot":
         self._remember(support)
+        self.templates = self.templates[:self.prompts]
         return self
 
     def logits(self, images: Images, classnames: Sequence[str] | None = None) -> torch.Tensor:
-        weights = zero_shot_classifier(self.clip, classnames or self.classnames, self.templates[:self.prompts])
+        weights = zero_shot_classifier(self.clip, classnames or self.classnames, self.templates)
         return self.clip.logit_scale * self.image_features(images) @ weights.T
 
 
