@@ -88,11 +88,16 @@ def scatter_fit(table: "pd.DataFrame", x: str, y: str, label: str, xlabel: str, 
     return fig
 
 
+def verdict_colours() -> dict[str, object]:
+    """One colour per verdict, the same in every figure that shows verdicts."""
+    return {"held": sns.color_palette()[2], "contradicted": sns.color_palette()[3], "inconclusive": "grey",
+            "not staged": "darkgrey"}
+
+
 def verdicts(results: Sequence, title: str = "Claims: estimate, 95% CI and margin") -> plt.Figure:
     """One row per decided claim (:class:`fslib.evidence.Verdict`): the estimate with its 95% CI, the
     margin as a tick, coloured by verdict. The picture of a notebook's evidence at a glance."""
-    colours = {"held": sns.color_palette()[2], "contradicted": sns.color_palette()[3], "inconclusive": "grey",
-               "not staged": "darkgrey"}
+    colours = verdict_colours()
     fig, axes = plt.subplots(len(results), 1, figsize=(7.5, 0.95 * len(results) + 0.5), squeeze=False)
     for ax, v in zip(axes[:, 0], results):
         if not v.staged:  # nothing was estimated: say why in the row
@@ -121,7 +126,7 @@ def premise_along_dial(staging, xlabel: str, title: str = "") -> plt.Figure:
     numeric = all(isinstance(x, (int, float, np.number)) for x in levels)
     xs = levels if numeric else list(range(len(levels)))  # named datasets: one position each
     fig, ax = plt.subplots(figsize=(5.8, 3.4))
-    colours = {"held": sns.color_palette()[2], "contradicted": sns.color_palette()[3], "inconclusive": "grey"}
+    colours = verdict_colours()
     half_step = min(np.diff(xs)) / 2 if len(xs) > 1 else 0.5
     for x, v in zip(xs, staging.verdicts.values()):
         ax.errorbar([x], [v.estimate], yerr=[[v.estimate - v.ci_low], [v.ci_high - v.estimate]], fmt="o", capsize=4,
