@@ -75,6 +75,7 @@ def base_to_new_tasks(datasets: Sequence[str], shots: int, seeds: Sequence[int],
     """CoCoOp's protocol: fitted on the base half of the classes, scored on base and on new classes of the test
     split; with ``splits=("val", "test")`` also of the validation split (rows then carry ``split``), where a
     notebook decides what must not be decided on test images (where a premise holds, say)."""
+    labelled = tuple(splits) != ("test",)  # the plain protocol's rows keep their columns
     for name in datasets:
         base_train, _ = base_new_split(load_dataset(name, "train"))
         tests, columns = {}, {}
@@ -82,9 +83,9 @@ def base_to_new_tasks(datasets: Sequence[str], shots: int, seeds: Sequence[int],
             data = load_dataset(name, split)
             halves = base_new_split(fixed_test_sample(data, test_per_class) if split == "test" else data)
             for part, subset in zip(("base", "new"), halves):
-                key = part if splits == ("test",) else f"{part} ({split})"
+                key = f"{part} ({split})" if labelled else part
                 tests[key] = subset
-                if splits != ("test",):
+                if labelled:
                     columns[key] = {"part": part, "split": split}
         for seed in seeds:
             yield Task("base-to-new", name, shots, seed, few_shot(base_train, shots, seed), tests, columns=columns)
