@@ -88,6 +88,16 @@ def harmonic_mean_table(results):
     return table, average
 
 
+def mean_of_harmonic_means_by_seed(results, method: str, over: str = "dataset"):
+    """The mean over ``over`` (datasets, or a dial's levels) of each one's HM(base, new), per seed: APEX's
+    average convention (Table 2: 80.04 is the mean of the 11 per-dataset HMs; HM of the means is 80.21).
+    A Series of mean HMs indexed by seed."""
+    rows = results[results.method == method]
+    parts = rows.groupby(["seed", over, "part"], sort=False).accuracy.mean().unstack("part")
+    per_group = pd.Series([harmonic_mean(b, n) for b, n in zip(parts["base"], parts["new"])], index=parts.index)
+    return per_group.groupby("seed").mean().rename(method)
+
+
 def harmonic_mean_by_seed(results, method: str | None = None):
     """HM(mean base, mean new) over datasets, per seed: the unit a base-to-new claim is decided from.
 

@@ -230,7 +230,9 @@ def _user_globals(namespace: dict[str, Any]) -> dict[str, Any]:
 
 def optional(check: Check) -> Check:
     """``check``, or ``None`` left as it is (a parameter that is off unless given)."""
-    return lambda name, value: None if value is None else check(name, value)
+    checked = lambda name, value: None if value is None else check(name, value)
+    checked.wraps = check  # what the value is when given (check_own_data looks for dataset lists)
+    return checked
 
 
 def dial_name(name: str, value: Any) -> str:
@@ -241,10 +243,11 @@ def dial_name(name: str, value: Any) -> str:
 
 
 def dial_levels(name: str, value: Any) -> list[float]:
-    """Levels of a dial, in [0, 1], increasing (which of them the dial has is checked where it is used)."""
+    """Levels of a dial, non-negative and increasing (which of them the dial has is checked where it is used:
+    ``sketch_shift`` has 0, 0.2, ..., 1 and ``class_distance`` 1, ..., 6)."""
     levels = [float(v) for v in _as_list(value)]
-    if not levels or any(not 0 <= v <= 1 for v in levels) or levels != sorted(set(levels)):
-        raise ValueError(f"{name}={value!r} is not allowed; give increasing levels in [0, 1], e.g. [0, 0.4, 0.8]")
+    if not levels or any(v < 0 for v in levels) or levels != sorted(set(levels)):
+        raise ValueError(f"{name}={value!r} is not allowed; give increasing non-negative levels, e.g. [0, 0.4, 0.8]")
     return levels
 
 
@@ -269,7 +272,8 @@ CHECKS: dict[str, Check] = dict(
     few_shot_datasets=dataset_list, base_to_new_datasets=dataset_list, base_to_new_shots=positive_int,
     dg_shots=positive_int, episode_id_datasets=dataset_list, episode_ood_datasets=dataset_list,
     episode_tests=dataset_list, episode_shots=positive_int, episode_queries=positive_int,
-    adapt_epochs=positive_int, dial=dial_name, levels=dial_levels,
+    adapt_epochs=positive_int, dial=dial_name, levels=dial_levels, distance_dial=dial_name,
+    distance_levels=dial_levels,
 )
 # Where a notebook gives a name another shape (a list of shot counts for a curve, a list of task sizes).
 NOTEBOOK_CHECKS: dict[str, dict[str, Check]] = {
@@ -279,6 +283,7 @@ NOTEBOOK_CHECKS: dict[str, dict[str, Check]] = {
     # instead of the dial's levels, named datasets (real data): each decided on its own
     "04_llu": dict(datasets=optional(dataset_list)),
     "05_clip_cite": dict(datasets=optional(dataset_list)),
+    "02_apex": dict(datasets=optional(dataset_list)),
 }
 
 
@@ -288,7 +293,8 @@ def check_own_data(values: dict[str, Any], checks: dict[str, Check]) -> None:
     checked before any work from the file listing alone."""
     from fslib.data import load_dataset
 
-    folders = {v for name, value in values.items() if checks[name] in (dataset_list, dataset_name)
+    folders = {v for name, value in values.items() if value is not None
+               and getattr(checks[name], "wraps", checks[name]) in (dataset_list, dataset_name)
                for v in ([value] if isinstance(value, str) else value) if Path(v).is_dir()}
     shot_counts = [s for name in ("shots", "curve_shots", "base_to_new_shots", "dg_shots", "episode_shots")
                    for s in _as_list(values.get(name, []))]

@@ -38,7 +38,6 @@ from fslib.features import encode_images
 from fslib.fewshot import (Episode, EpisodeSampler, base_new_split, few_shot, fixed_test_sample,
                            restrict_classes)
 from fslib.methods import Method
-from fslib.progress import tqdm
 
 MakeMethod = Callable[[int], Method]  # seed -> a fresh method
 
@@ -89,6 +88,28 @@ def base_to_new_tasks(datasets: Sequence[str], shots: int, seeds: Sequence[int],
                     columns[key] = {"part": part, "split": split}
         for seed in seeds:
             yield Task("base-to-new", name, shots, seed, few_shot(base_train, shots, seed), tests, columns=columns)
+
+
+def new_class_level_tasks(levels: Mapping[object, str], shots: int, seeds: Sequence[int],
+                          test_per_class: int | None = None, splits: Sequence[str] = ("test",)) -> Iterator[Task]:
+    """A test-side dial of new classes (:mod:`fslib.world.dials`' ``class_distance``): every level shares its
+    base classes and their images, so one fit per seed on the base classes is scored on the base images and
+    on each level's new classes, of each of ``splits``. Rows carry ``part`` ("base" or "new") and ``split``;
+    new-class rows their ``level``."""
+    first, *_ = levels.values()
+    base_train, _ = base_new_split(load_dataset(first, "train"))
+    tests, columns = {}, {}
+    for split in splits:
+        sample = (lambda data: fixed_test_sample(data, test_per_class)) if split == "test" else (lambda data: data)
+        for level, name in levels.items():
+            base, new = base_new_split(sample(load_dataset(name, split)))
+            if base.classnames != base_train.classnames:
+                raise ValueError(f"{name} does not share the base classes of {first}: not a dial of new classes")
+            key = f"new @ {level} ({split})"  # a name only: the rows carry the level
+            tests[key], columns[key] = new, {"part": "new", "split": split, "level": level}
+        tests[f"base ({split})"], columns[f"base ({split})"] = base, {"part": "base", "split": split}
+    for seed in seeds:
+        yield Task("base-to-new", first, shots, seed, few_shot(base_train, shots, seed), tests, columns=columns)
 
 
 def domain_shift_tasks(source: str, targets: Sequence[str], shots: int, seeds: Sequence[int],
@@ -308,6 +329,15 @@ def domain_shift(methods: Mapping[str, MakeMethod], source: str, targets: Sequen
     return run(methods, list(domain_shift_tasks(source, targets, shots, seeds, test_per_class)), progress=progress)
 
 
+def new_class_levels(methods: Mapping[str, MakeMethod], levels: Mapping[object, str], shots: int,
+                     seeds: Sequence[int], test_per_class: int | None = None, variations: Sequence[dict] = (),
+                     progress: bool = True, splits: Sequence[str] = ("test",)) -> pd.DataFrame:
+    """One fit per method and seed on the shared base classes of a new-class dial, scored on every level
+    (:func:`new_class_level_tasks`): :func:`run`'s rows, with ``part``, ``split`` and, on new classes, ``level``."""
+    tasks = list(new_class_level_tasks(levels, shots, seeds, test_per_class, splits))
+    return run(methods, tasks, variations, together="method", progress=progress)
+
+
 def episode_accuracies(make_method: Callable[[], Method], episodes: Sequence[Episode]) -> list[float]:
     """Fit a fresh ``make_method()`` on each episode's support set; its query accuracy per episode (in this
     process: the caller's unit)."""
@@ -475,19 +505,21 @@ def choose_hyperparameters(candidates: Mapping[str, Contender], score: Validatio
                            progress: bool = True) -> pd.DataFrame:
     """Every contender's ladder, searched alike (:func:`search_ladder`), each value built for ``seed`` and
     scored by ``score`` on a validation split (:func:`base_class_validation`, :func:`episode_validation`).
-    Returns rows ``method, knob, value, val_accuracy, chosen, ladder_end`` (the value is the first or last
-    of its ladder); the test splits are never seen."""
-    rows = []
-    for label, contender in tqdm(candidates.items(), desc="choosing hyper-parameters", disable=not progress, leave=False):
+    The contenders are independent units (:func:`fslib.parallel.map_units`). Returns rows ``method, knob,
+    value, val_accuracy, chosen, ladder_end`` (the value is the first or last of its ladder); the test splits
+    are never seen."""
+    def search(label: str) -> list[dict]:
+        contender = candidates[label]
         if len(contender.ladder) == 1:
-            rows.append({"method": label, "knob": contender.knob, "value": contender.ladder[0], "val_accuracy": np.nan,
-                         "chosen": True, "ladder_end": False})
-            continue
+            return [{"method": label, "knob": contender.knob, "value": contender.ladder[0], "val_accuracy": np.nan,
+                     "chosen": True, "ladder_end": False}]
         tried = search_ladder(lambda value: score(lambda: contender.make(value, seed)), contender.ladder, contender.start)
         best = max(sorted(tried), key=lambda i: tried[i])
-        rows += [{"method": label, "knob": contender.knob, "value": contender.ladder[i], "val_accuracy": tried[i],
-                  "chosen": i == best, "ladder_end": i in (0, len(contender.ladder) - 1)} for i in sorted(tried)]
-    return pd.DataFrame(rows)
+        return [{"method": label, "knob": contender.knob, "value": contender.ladder[i], "val_accuracy": tried[i],
+                 "chosen": i == best, "ladder_end": i in (0, len(contender.ladder) - 1)} for i in sorted(tried)]
+
+    searched = parallel.map_units(search, list(candidates), desc="choosing hyper-parameters", progress=progress)
+    return pd.DataFrame([row for rows in searched for row in rows])
 
 
 def at_chosen(candidates: Mapping[str, Contender], tuning: pd.DataFrame) -> dict[str, MakeMethod]:

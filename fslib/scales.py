@@ -33,8 +33,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "val_tasks": dict(paper=4, lesson=1),
     },
     "02_apex": {
-        "datasets": dict(paper=["shapes_inverted", "color_shapes", "textures", "shapes_sketch"],
-                         lesson=["textures", "shapes_sketch", "color_shapes"]),
+        "datasets": dict(paper=None, lesson=None),  # None: the difficulty dial's levels
+        "levels": dict(paper=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], lesson=[0.0, 0.4, 0.8]),
+        # test-side: one fit per seed scores every level, so the lesson keeps all six
+        "distance_levels": dict(paper=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], lesson=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
         "shots": dict(paper=16, lesson=2),
         "epochs": dict(paper=10, lesson=1),
         "test_per_class": dict(paper=48, lesson=4),

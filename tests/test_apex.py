@@ -115,6 +115,17 @@ def test_gains_over_zero_shot_pair_each_method_with_zero_shot_on_the_same_seed()
     from fslib.studies.apex import gains_over_zero_shot
 
     results = pd.DataFrame([(1, "zero-shot", 50.0), (1, "VPT", 60.0), (2, "zero-shot", 40.0), (2, "VPT", 70.0)],
-                           columns=["seed", "method", "accuracy"]).assign(dataset="a", part="base")
-    gains = gains_over_zero_shot(results, pd.DataFrame({"dataset": ["a"], "rtd": [0.3]}))
-    assert gains[["seed", "method", "gain", "rtd"]].values.tolist() == [[1, "VPT", 10.0, 0.3], [2, "VPT", 30.0, 0.3]]
+                           columns=["seed", "method", "accuracy"]).assign(level=0.4, part="base")
+    gains = gains_over_zero_shot(results)
+    assert gains[["seed", "level", "method", "gain"]].values.tolist() == [[1, 0.4, "VPT", 10.0], [2, 0.4, "VPT", 30.0]]
+
+
+def test_the_best_fixed_alpha_is_the_mean_of_the_tied_best():
+    import pandas as pd
+
+    from fslib.studies.apex import best_fixed_alpha
+
+    sweep = pd.DataFrame([(1, 1.0, 0.0, 50.0), (1, 1.0, 0.5, 60.0), (1, 1.0, 1.0, 55.0),
+                          (1, 2.0, 0.0, 90.0), (1, 2.0, 0.5, 90.0), (1, 2.0, 1.0, 80.0)],
+                         columns=["seed", "level", "alpha", "accuracy"])
+    assert best_fixed_alpha(sweep).values.tolist() == [[1, 1.0, 0.5], [1, 2.0, 0.25]]

@@ -179,6 +179,16 @@ def test_average_harmonic_mean_is_hm_of_means_per_seed_and_overall():
     assert table.HM.tolist() == pytest.approx([harmonic_mean(70.0, 60.0)] * 2)
 
 
+def test_apex_s_average_is_the_mean_of_the_per_dataset_harmonic_means():
+    from fslib.evaluation import harmonic_mean, mean_of_harmonic_means_by_seed
+
+    rows = [{"level": d, "seed": s, "method": "m", "part": p, "accuracy": a}
+            for s in (1, 2) for d, base, new in ((0.0, 80.0, 40.0), (1.0, 60.0, 80.0)) for p, a in (("base", base), ("new", new))]
+    mean_hm = mean_of_harmonic_means_by_seed(pd.DataFrame(rows), "m", over="level")
+    assert mean_hm.tolist() == pytest.approx([(harmonic_mean(80.0, 40.0) + harmonic_mean(60.0, 80.0)) / 2] * 2)
+    assert mean_hm.tolist()[0] == pytest.approx(61.0, abs=0.1) and harmonic_mean(70.0, 60.0) == pytest.approx(64.6, abs=0.1)
+
+
 def test_tables_of_an_image_folder_join_on_its_name(tmp_path, random_clip):
     """00_tour on a folder of one's own: the zero-shot table and the probe's sweep must name the dataset
     alike, or the probe's gain becomes NaN (and a NaN must never become a verdict)."""
@@ -243,7 +253,7 @@ def test_optional_parameters_stay_off_unless_given():
     with pytest.raises(ValueError, match="datasets: unknown dataset 'shapez'"):
         check("datasets", "shapez")
     assert params.dial_levels("levels", "0,0.4,0.8") == [0.0, 0.4, 0.8]
-    with pytest.raises(ValueError, match=r"levels=\[0.4, 0.2\] is not allowed; give increasing levels in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"levels=\[0.4, 0.2\] is not allowed; give increasing non-negative levels"):
         params.dial_levels("levels", [0.4, 0.2])
 
 

@@ -163,6 +163,28 @@ def test_base_to_new_over_a_dial_fits_each_level_and_scores_validation_and_test(
     assert "split" not in plain and "level" not in plain and list(plain.part) == ["base", "new"]
 
 
+def test_a_new_class_dial_is_fitted_once_per_seed_and_scored_on_every_level(random_clip):
+    from fslib.world.dials import DIALS
+
+    levels = DIALS["class_distance"].datasets((1.0, 3.0, 6.0))
+    fits = []
+
+    def make(seed):
+        method = ZeroShot(random_clip)
+        fit = method.fit
+        method.fit = lambda support: (fits.append(seed), fit(support))[1]
+        return method
+
+    results = protocols.new_class_levels({"zero-shot": make}, levels, 1, (1, 2), test_per_class=2,
+                                         splits=("val", "test"), progress=False)
+    assert fits == [1, 2]  # one fit per seed, whatever the number of levels
+    new = results[results.part == "new"]
+    assert new.groupby(["seed", "split", "level"]).size().eq(1).all() and set(new.level) == {1.0, 3.0, 6.0}
+    assert results[results.part == "base"].level.isna().all() and len(results) == 2 * 2 * (3 + 1)
+    with pytest.raises(ValueError, match="sketch_shift@0 does not share the base classes of class_distance@1"):
+        list(protocols.new_class_level_tasks({1.0: "class_distance@1", 0.0: "sketch_shift@0"}, 1, (1,)))
+
+
 def test_the_best_rival_is_chosen_on_validation():
     tuning = pd.DataFrame([{"method": "A", "value": 1, "val_accuracy": 70.0, "chosen": True},
                            {"method": "A", "value": 2, "val_accuracy": 60.0, "chosen": False},

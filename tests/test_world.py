@@ -83,8 +83,42 @@ def test_a_dial_draws_the_same_scenes_at_every_level_and_moves_only_its_knob():
         load_dial_dataset("sketch_shift@0.3")
     with pytest.raises(ValueError, match="sketch_shift has no level 0.3; allowed: 0, 0.2"):
         dial.dataset(0.3)
-    with pytest.raises(ValueError, match="unknown dial 'fog'; allowed: sketch_shift"):
+    with pytest.raises(ValueError, match="unknown dial 'fog'; allowed: sketch_shift, class_distance"):
         load_dial_dataset("fog@1")
+
+
+def test_the_class_distance_dial_keeps_its_base_classes_and_moves_its_new_classes_away_in_text_space():
+    """What the dial stages: the same base classes and base images at every level, and new classes whose mean
+    text distance to the base classes (APEX's d_avg, from the embedded model) grows strictly with the level; the
+    committed bins are what distance_bins gives from the model's text features."""
+    from fslib.data import load_dataset
+    from fslib.methods.apex import class_distances
+    from fslib.models import load_clip, zero_shot_classifier
+    from fslib.world.dials import DIALS, DISTANCE_BASE, DISTANCE_NEW, DISTANCE_TEMPLATE, distance_bins
+    from fslib.world.render import COLORS, SEEN_SHAPES
+
+    dial = DIALS["class_distance"]
+    assert len(dial.levels) >= 6
+    levels = [load_dataset(name, "val") for name in dial.datasets().values()]
+    half = len(levels[0].labels) // 2
+    for data, new in zip(levels, DISTANCE_NEW):
+        assert data.classnames == [*DISTANCE_BASE, *new]
+        assert (data.images[:half] == levels[0].images[:half]).all() and (data.labels == levels[0].labels).all()
+    clip = load_clip()
+    text = lambda names: zero_shot_classifier(clip, list(names), [DISTANCE_TEMPLATE])
+    pool = [f"{c} {s}" for c in COLORS for s in SEEN_SHAPES if f"{c} {s}" not in DISTANCE_BASE]
+    d_avg, _ = class_distances(text(DISTANCE_BASE), text(pool))
+    assert distance_bins(pool, d_avg.tolist()) == list(DISTANCE_NEW)
+    means = [float(class_distances(text(DISTANCE_BASE), text(new))[0].mean()) for new in DISTANCE_NEW]
+    assert all(a < b for a, b in zip(means, means[1:])), means
+
+
+def test_distance_bins_cut_equal_count_bins_nearest_first_and_sample_each_evenly():
+    from fslib.world.dials import distance_bins
+
+    names = [f"c{i}" for i in range(12)]
+    d_avg = [0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0, 1.0, 1.1]  # c9 nearest, c11 farthest
+    assert distance_bins(names, d_avg, levels=3, per_level=2) == [("c9", "c3"), ("c7", "c4"), ("c6", "c11")]
 
 
 def test_the_sketch_dial_moves_zero_shot_accuracy_from_known_to_unknown():

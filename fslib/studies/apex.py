@@ -1,13 +1,14 @@
-"""02_apex's experiment: the efficient-transfer families and APEX on CoCoOp's base-to-new protocol and on
-domain shift (Yang, Ko, Yun, 2023, §3, §5, Tables 1, 4, 5, 12, 13), with each dataset's transfer difficulty.
+"""02_apex's experiment: the efficient-transfer families and APEX on CoCoOp's base-to-new protocol along two
+dials, transfer difficulty and class distance, and on domain shift (Yang, Ko, Yun, 2023, §3, §4.2, §5,
+Tables 1, 4, 5, 13, Fig. 8).
 
-Every family is fitted once per (dataset, seed) by :func:`fslib.protocols.base_to_new`; APEX and its
-one-modality variants, and the sweeps of β and of a fixed α, are test-time settings of VPT+TA's fit
-(:class:`~fslib.methods.apex.Ensemble`), so they score the same prompts and adapter.
+Every family is fitted once per (level, seed) at the learning rate the kit's one rule chose on validation
+(:func:`family_contenders`); APEX, its one-modality variants and the fixed-α sweep are test-time settings
+of VPT+TA's fit (:class:`~fslib.methods.apex.Ensemble`), so they score the same prompts and adapter.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -17,11 +18,13 @@ from sklearn.metrics import precision_score
 
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import summarise
-from fslib.fewshot import base_to_new_sets
-from fslib.methods.apex import ENSEMBLES, FAMILIES, Ensemble, distance_table, make_family, relative_transfer_difficulty
+from fslib.fewshot import base_new_split
+from fslib.methods.apex import (ENSEMBLES, FAMILY_METHODS, Ensemble, distance_table, make_family,
+                                relative_transfer_difficulty)
+from fslib.methods.registry import registered
 from fslib.models import Clip
+from fslib.protocols import Contender, MakeMethod, domain_shift, new_class_levels
 from fslib.protocols import base_to_new as base_to_new_protocol
-from fslib.protocols import domain_shift
 
 
 def zero_shot_difficulty(clip: Clip, test: ImageDataset) -> dict:
@@ -33,40 +36,91 @@ def zero_shot_difficulty(clip: Clip, test: ImageDataset) -> dict:
             "rtd": relative_transfer_difficulty(acc, test.num_classes)}
 
 
-def base_to_new(clip: Clip, datasets: Sequence[str], shots: int, seeds: Sequence[int], epochs: int, lr: float,
-                betas: Sequence[float] = (), alphas: Sequence[float] = (), augment: bool = False,
-                progress: bool = True, test_per_class: int | None = None):
-    """Base-to-new generalisation (CoCoOp's protocol, APEX §5) of every family of :data:`FAMILIES`: fit on
-    ``shots`` images of each base class, test on base and new classes separately. APEX and its one-modality
-    variants (:data:`ENSEMBLES`) are VPT+TA's fit scored with the adaptive ensemble. Also returns new-class
-    accuracy for a sweep of β and of a fixed α (the paper's Tables 12-13), each dataset's zero-shot
-    difficulty on its full test split, and the new classes' distances to the base classes with their α.
-    ``test_per_class`` scores the methods on a fixed sample of the test split.
+def family_contenders(clip: Clip, families: Sequence[str], epochs: int, augment: bool = False) -> dict[str, Contender]:
+    """Every family of ``families`` (:data:`FAMILIES`) with its registered learning-rate ladder, for the kit's
+    one tuning rule (:func:`fslib.protocols.choose_hyperparameters`): the same budget and augmentation for
+    every family, only the learning rate chosen on validation."""
+    contenders = {}
+    for family in families:
+        knob = registered(FAMILY_METHODS[family]).knob
+        make = (lambda value, seed, f=family: make_family(clip, f, epochs=epochs, lr=value, augment=augment, seed=seed))
+        contenders[family] = Contender(make, knob.name, knob.ladder, knob.start) if knob else Contender(
+            lambda value, seed: make_family(clip, "zero-shot"), "none", (None,))
+    return contenders
 
-    Returns ``(results, sweeps, difficulty, distances)`` DataFrames: ``results`` rows ``dataset, seed, method,
-    part, accuracy``, ``sweeps`` rows ``dataset, seed, knob, value, accuracy`` (new classes).
-    """
-    difficulty, distances = [], []
-    for name in datasets:
-        test = load_dataset(name, "test")
-        difficulty.append(zero_shot_difficulty(clip, test))
-        base_train, _, new_test = base_to_new_sets(load_dataset(name, "train"), test)
-        distances.append(distance_table(clip, base_train.classnames, new_test.classnames).assign(dataset=name))
-    ensembles = {label: Ensemble(modality) for label, modality in ENSEMBLES.items()}
-    sweep = {("beta", b): Ensemble("both", beta=b) for b in betas} | {("alpha", a): Ensemble("both", fixed_alpha=a) for a in alphas}
-    variations = [{"ensemble": None}, *({"ensemble": e} for e in dict.fromkeys([*ensembles.values(), *sweep.values()]))]
-    families = {family: (lambda seed, f=family: make_family(clip, f, epochs=epochs, lr=lr, augment=augment, seed=seed))
-                for family in FAMILIES}
-    rows = base_to_new_protocol(families, datasets, shots, seeds, test_per_class, variations, progress)
+
+def ensemble_settings(alphas: Sequence[float] = ()) -> tuple[dict[str, Ensemble], dict[float, Ensemble]]:
+    """The test-time settings VPT+TA's fit is scored with: APEX and its one-modality variants (Table 5,
+    :data:`ENSEMBLES`), and a fixed α shared by every class for each of ``alphas`` (Table 13)."""
+    return ({label: Ensemble(modality) for label, modality in ENSEMBLES.items()},
+            {alpha: Ensemble("both", fixed_alpha=alpha) for alpha in alphas})
+
+
+def _variations(ensembles: dict[str, Ensemble], fixed: dict[float, Ensemble]) -> list[dict]:
+    return [{"ensemble": None}, *({"ensemble": e} for e in [*ensembles.values(), *fixed.values()])]
+
+
+def _split_rows(rows: pd.DataFrame, ensembles: dict[str, Ensemble], fixed: dict[float, Ensemble]):
+    """``run``'s rows with ensemble variations -> (every method as itself and APEX's variants relabelled,
+    the fixed-α rows of VPT+TA's fit on new classes with a column ``alpha``)."""
     own = rows[rows.ensemble.isna()]
     vpt_ta = rows[rows.method == "VPT+TA"]
-    results = pd.concat([own, *(vpt_ta[vpt_ta.ensemble == ensemble].assign(method=label) for label, ensemble in ensembles.items())])
+    results = pd.concat([own, *(vpt_ta[vpt_ta.ensemble == e].assign(method=label) for label, e in ensembles.items())],
+                        ignore_index=True)
     new = vpt_ta[vpt_ta.part == "new"]
-    sweeps = pd.concat([new[new.ensemble == ensemble].assign(knob=knob, value=value) for (knob, value), ensemble in sweep.items()])
-    columns = ["dataset", "seed", "method", "part", "accuracy"]
-    return (results.sort_values(["dataset", "seed"], kind="stable")[columns].reset_index(drop=True),
-            sweeps[["dataset", "seed", "knob", "value", "accuracy"]].reset_index(drop=True) if len(sweeps) else pd.DataFrame(),
-            pd.DataFrame(difficulty), pd.concat(distances, ignore_index=True))
+    sweep = pd.concat([new[new.ensemble == e].assign(alpha=alpha) for alpha, e in fixed.items()], ignore_index=True)
+    return results.drop(columns="ensemble"), sweep.drop(columns="ensemble")
+
+
+def base_to_new(methods: Mapping[str, MakeMethod], levels: Mapping[object, str], shots: int, seeds: Sequence[int],
+                alphas: Sequence[float] = (), test_per_class: int | None = None, progress: bool = True,
+                splits: Sequence[str] = ("test",)):
+    """CoCoOp's base-to-new protocol (APEX §5) at every level of a dial (or named dataset): each family of
+    ``methods`` fitted on ``shots`` images per base class, scored on base and new classes of each of
+    ``splits``. APEX and its one-modality variants are VPT+TA's fit scored with the adaptive ensemble; the
+    fixed-α sweep too. Returns ``(results, sweep)``: rows with ``level, seed, method, part, accuracy`` (and
+    ``split`` with more than the test split), and VPT+TA's new-class rows at each fixed α (``alpha``)."""
+    ensembles, fixed = ensemble_settings(alphas)
+    rows = base_to_new_protocol(methods, levels, shots, seeds, test_per_class, _variations(ensembles, fixed), progress,
+                                splits)
+    return _split_rows(rows, ensembles, fixed)
+
+
+def new_class_dial(clip: Clip, make_vpt_ta: MakeMethod, levels: Mapping[object, str], shots: int, seeds: Sequence[int],
+                   alphas: Sequence[float] = (), test_per_class: int | None = None, progress: bool = True):
+    """The class-distance dial, test-side: zero-shot CLIP (APEX's prompt) and one VPT+TA fit per seed on the
+    shared base classes, scored on every level's new classes, validation and test images (the premise is
+    decided on validation). Returns ``(results, sweep)`` as :func:`base_to_new`, rows with ``split``."""
+    ensembles, fixed = ensemble_settings(alphas)
+    methods = {"zero-shot": lambda seed: make_family(clip, "zero-shot"), "VPT+TA": make_vpt_ta}
+    rows = new_class_levels(methods, levels, shots, seeds, test_per_class, _variations(ensembles, fixed), progress,
+                            splits=("val", "test"))
+    return _split_rows(rows, ensembles, fixed)
+
+
+def best_fixed_alpha(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Per (seed, level): the fixed α with the highest new-class accuracy (Fig. 8's y), the mean of the tied
+    best where several tie (zero-shot at the ceiling ties every α), so no tie-break leans either way."""
+    def best(rows: pd.DataFrame) -> float:
+        accuracy = rows.groupby("alpha").accuracy.mean()
+        return float(accuracy.index[np.isclose(accuracy, accuracy.max())].to_numpy().mean())
+    return (sweep.groupby(["seed", "level"]).apply(best, include_groups=False).rename("best_alpha").reset_index())
+
+
+def difficulty_by_level(clip: Clip, levels: Mapping[object, str]) -> pd.DataFrame:
+    """Per level: zero-shot accuracy and macro precision on its whole test split, and RTD (Def. 1)."""
+    return pd.DataFrame([{"level": level, **zero_shot_difficulty(clip, load_dataset(name, "test"))}
+                         for level, name in levels.items()])
+
+
+def alpha_by_level(clip: Clip, levels: Mapping[object, str]) -> pd.DataFrame:
+    """Per level: each new class's distances to the base classes and APEX's α (β = 4, ε = 0.05): what the
+    ensemble sees of a level, from class names alone."""
+    tables = []
+    for level, name in levels.items():
+        base, new = base_new_split(load_dataset(name, "test"))
+        tables.append(distance_table(clip, base.classnames, new.classnames).assign(level=level))
+    return pd.concat(tables, ignore_index=True)
 
 
 def domain_generalisation(clip: Clip, source: str, targets: Sequence[str], shots: int, seeds: Sequence[int],
@@ -85,62 +139,47 @@ def domain_generalisation(clip: Clip, source: str, targets: Sequence[str], shots
     return rows.rename(columns={"part": "target"})[["method", "seed", "target", "accuracy"]]
 
 
-def gains_over_zero_shot(results: pd.DataFrame, difficulty: pd.DataFrame) -> pd.DataFrame:
-    """One row per (seed, dataset, part, method): accuracy minus zero-shot CLIP's on the same test images,
-    with the dataset's RTD: the units of the paper's difficulty analyses (§3, Table 1)."""
-    wide = results.pivot_table(index=["seed", "dataset", "part"], columns="method", values="accuracy")
-    gains = wide.sub(wide["zero-shot"], axis=0).drop(columns="zero-shot").stack().rename("gain").reset_index()
-    return gains.merge(difficulty[["dataset", "rtd"]], on="dataset")
-
-
-def gain_summary(gains: pd.DataFrame, difficulty: pd.DataFrame, part: str, families: Sequence[str]) -> pd.DataFrame:
-    """Mean gain over zero-shot and its 95% CI over seeds per (dataset, method) of ``part`` ("base" or "new"),
-    with the dataset's difficulty: the points of the paper's gain-vs-difficulty figure (Fig. 3)."""
-    rows = gains[(gains.part == part) & gains.method.isin(families)]
-    return summarise(rows, ["dataset", "method"], "gain").rename(columns={"mean": "gain"}).merge(difficulty, on="dataset")
+def gains_over_zero_shot(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per (seed, level, part, method): accuracy minus zero-shot CLIP's on the same test images, the
+    units of the paper's difficulty analyses (§3, Table 1)."""
+    wide = results.pivot_table(index=["seed", "level", "part"], columns="method", values="accuracy")
+    return wide.sub(wide["zero-shot"], axis=0).drop(columns="zero-shot").stack().rename("gain").reset_index()
 
 
 # -- figures ---------------------------------------------------------------------------------------
-def gain_vs_difficulty(gains: pd.DataFrame, ylabel: str = "base-class gain over zero-shot (points)",
-                       title: str = "Which ETL family helps, by difficulty") -> plt.Figure:
-    """Gain over zero-shot (``gain``, with 95% CI half-widths ``ci95``) vs relative transfer difficulty
-    (``rtd``), one colour and fit per ``method``."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for colour, (method, rows) in zip(sns.color_palette(), gains.groupby("method", sort=False)):
-        ax.errorbar(rows["rtd"], rows["gain"], yerr=rows["ci95"], fmt="o", ms=5, capsize=2, color=colour, label=method,
-                    zorder=3)
-        if len(rows) >= 2:  # least-squares line in log difficulty: RTD spans orders of magnitude
-            slope, intercept = np.polyfit(np.log(rows["rtd"]), rows["gain"], 1)
-            xs = np.geomspace(gains["rtd"].min(), gains["rtd"].max(), 20)
-            ax.plot(xs, intercept + slope * np.log(xs), color=colour, lw=1, ls="--")
-    for _, row in gains.drop_duplicates("dataset").iterrows():
-        ax.annotate(row["dataset"], (row["rtd"], gains["gain"].min()), fontsize=7, rotation=90, va="bottom", alpha=0.6)
+def gains_along_dial(gains: pd.DataFrame, part: str, families: Sequence[str], xlabel: str,
+                     title: str = "Which family gains, by difficulty") -> plt.Figure:
+    """Gain over zero-shot on ``part`` ("base" or "new") per level, one line per family with 95% CIs over
+    seeds: the paper's gain-vs-difficulty figure (Fig. 3, Table 1) on designed levels."""
+    summary = summarise(gains[(gains.part == part) & gains.method.isin(families)], ["method", "level"], "gain")
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for colour, family in zip(sns.color_palette(), families):
+        rows = summary[summary.method == family].sort_values("level")
+        ax.errorbar(rows["level"], rows["mean"], yerr=rows["ci95"], marker="o", ms=4, capsize=2, color=colour,
+                    label=family)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xscale("log")
-    ax.set(xlabel="relative transfer difficulty (1 / (C · zero-shot accuracy), log scale); harder →",
-           ylabel=ylabel, title=title)
+    ax.set(xlabel=f"{xlabel} (harder →)", ylabel=f"{part}-class gain over zero-shot (points)", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def ablation_sweeps(sweeps: pd.DataFrame) -> plt.Figure:
-    """APEX's ablations: new-class accuracy vs β (adaptive α) and vs a fixed α; thin lines per dataset, the
-    mean over datasets with a 95% CI band over seeds (when ``sweeps`` has a ``seed`` column)."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    for ax, knob, label in zip(axes, ("beta", "alpha"), ("β (adaptive α = exp(-β d_avg))", "fixed α")):
-        part = sweeps[sweeps["knob"] == knob]
-        for dataset, rows in part.groupby("dataset", sort=False):
-            means = rows.groupby("value")["accuracy"].mean()
-            ax.plot(means.index, means.values, color="grey", lw=0.8, alpha=0.5)
-        per_seed = part.groupby(["seed", "value"], as_index=False)["accuracy"].mean() if "seed" in part else part
-        band = summarise(per_seed, ["value"]).sort_values("value")
-        colour = sns.color_palette()[0]
-        ax.plot(band["value"], band["mean"], color=colour, lw=2.5, marker="o", label="mean over datasets (95% CI over seeds)")
-        ax.fill_between(band["value"], band["mean"] - band["ci95"], band["mean"] + band["ci95"], color=colour, alpha=0.2)
-        ax.set(xlabel=label, title=f"new-class accuracy vs {knob}")
-    axes[0].set_ylabel("new-class accuracy (%)")
-    axes[0].legend(fontsize=8)
+def alpha_sweep(sweep: pd.DataFrame, best: pd.DataFrame, apex_alpha: pd.Series, xlabel: str) -> plt.Figure:
+    """Left: new-class accuracy against a fixed α, one line per level (mean over seeds; Table 13). Right: the
+    best fixed α per level with its 95% CI over seeds (Fig. 8), and the α APEX's rule gives that level's new
+    classes (mean over them)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    levels = sorted(sweep.level.unique())
+    for colour, level in zip(sns.color_palette("viridis", len(levels)), levels):
+        means = sweep[sweep.level == level].groupby("alpha").accuracy.mean()
+        left.plot(means.index, means.values, marker="o", ms=3, color=colour, label=f"{level:g}")
+    left.set(xlabel="fixed α (0: zero-shot, 1: VPT+TA)", ylabel="new-class accuracy (%)", title="Table 13 per level")
+    left.legend(title=xlabel, fontsize=7, ncols=2)
+    band = summarise(best, ["level"], "best_alpha").sort_values("level")
+    right.errorbar(band["level"], band["mean"], yerr=band["ci95"], marker="o", capsize=2, label="best fixed α")
+    right.plot(apex_alpha.index, apex_alpha.values, marker="s", ls="--", color="grey", label="APEX's α (β = 4)")
+    right.set(xlabel=xlabel, ylabel="α", ylim=(-0.05, 1.05), title="Fig. 8: the best α per level")
+    right.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
