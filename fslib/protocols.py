@@ -510,9 +510,9 @@ def choose_hyperparameters(candidates: Mapping[str, Contender], score: Validatio
     are never seen."""
     def search(label: str) -> list[dict]:
         contender = candidates[label]
-        if len(contender.ladder) == 1:
-            return [{"method": label, "knob": contender.knob, "value": contender.ladder[0], "val_accuracy": np.nan,
-                     "chosen": True, "ladder_end": False}]
+        if len(contender.ladder) == 1:  # nothing to choose, but scored: it may be the best rival (best_rival)
+            return [{"method": label, "knob": contender.knob, "value": contender.ladder[0], "chosen": True,
+                     "val_accuracy": score(lambda: contender.make(contender.ladder[0], seed)), "ladder_end": False}]
         tried = search_ladder(lambda value: score(lambda: contender.make(value, seed)), contender.ladder, contender.start)
         best = max(sorted(tried), key=lambda i: tried[i])
         return [{"method": label, "knob": contender.knob, "value": contender.ladder[i], "val_accuracy": tried[i],
@@ -535,7 +535,8 @@ def preparations(candidates: Mapping[str, Contender]) -> list[Callable[[ImageDat
 
 def best_rival(tuning: pd.DataFrame, among: Sequence[str]) -> str:
     """"The best other method" chosen on validation, never on test: of ``among``, the one whose chosen value
-    scored highest in :func:`choose_hyperparameters`' search (the first listed on a tie)."""
+    scored highest in :func:`choose_hyperparameters`' search (the first listed on a tie), so the winner's
+    curse of picking the rival by its test score does not bias a claim against the method under test."""
     chosen = tuning[tuning.chosen].set_index("method").val_accuracy
     missing = [m for m in among if m not in chosen.index or np.isnan(chosen[m])]
     if missing:
@@ -548,10 +549,10 @@ def tuning_summary(tuning: pd.DataFrame) -> pd.DataFrame:
     value tried, the value chosen, and whether that value is an end of its ladder (the best one may then
     lie beyond every value the ladder offers)."""
     def tried(rows: pd.DataFrame) -> str:
-        return " · ".join(f"{v:g}: {a:.1f}" for v, a in zip(rows.value, rows.val_accuracy)) if rows.val_accuracy.notna().any() else "—"
+        return " · ".join(f"{a:.1f}" if v is None else f"{v:g}: {a:.1f}" for v, a in zip(rows.value, rows.val_accuracy))
 
     return pd.DataFrame([{"method": m, "knob": rows.knob.iloc[0], "validation accuracy by value": tried(rows),
-                          "values tried": len(rows) if rows.val_accuracy.notna().any() else 0,
+                          "values tried": int(rows.value.notna().sum()),
                           "chosen": rows.value[rows.chosen].iloc[0],
                           "at the ladder's end": "yes" if rows.ladder_end[rows.chosen].iloc[0] else ""}
                          for m, rows in tuning.groupby("method", sort=False)]).set_index("method")

@@ -115,6 +115,9 @@ def test_chosen_values_build_the_methods_the_runner_fits(random_clip):
     assert tuning[tuning.chosen].set_index("method").value.loc["linear probe"] == 100.0
     methods = protocols.at_chosen(contenders, tuning)
     assert methods["linear probe"](1).C == 100.0 and isinstance(methods["zero-shot"](1), ZeroShot)
+    # a method with nothing to choose is still scored, so it can be chosen as the best rival on validation
+    assert tuning.set_index("method").val_accuracy.loc["zero-shot"] == 0.0
+    assert protocols.best_rival(tuning, ["zero-shot", "linear probe"]) == "linear probe"
 
 
 def test_tuning_summary_flags_a_choice_at_the_end_of_its_ladder():

@@ -200,12 +200,6 @@ def decide_inputs(per_seed: pd.DataFrame, protocol: str, setting: str, method: s
     return rows.set_index("seed").score.rename(method)
 
 
-def best_of(per_seed: pd.DataFrame, protocol: str, setting: str, methods: Sequence[str]) -> str:
-    """The method of ``methods`` with the highest mean score over seeds in one protocol and setting."""
-    rows = per_seed[(per_seed.protocol == protocol) & (per_seed.setting == setting) & per_seed.method.isin(methods)]
-    return rows.groupby("method").score.mean().idxmax()
-
-
 # -- figures ---------------------------------------------------------------------------------------
 def improvement_matrix(pairs: pd.DataFrame) -> plt.Figure:
     """Pairwise probability of improvement (row beats column on a task), annotated with its 95% CI; cells
