@@ -549,7 +549,7 @@ def tuning_summary(tuning: pd.DataFrame) -> pd.DataFrame:
     value tried, the value chosen, and whether that value is an end of its ladder (the best one may then
     lie beyond every value the ladder offers)."""
     def tried(rows: pd.DataFrame) -> str:
-        return " · ".join(f"{a:.1f}" if v is None else f"{v:g}: {a:.1f}" for v, a in zip(rows.value, rows.val_accuracy))
+        return " · ".join(f"{a:.1f}" if pd.isna(v) else f"{v:g}: {a:.1f}" for v, a in zip(rows.value, rows.val_accuracy))
 
     return pd.DataFrame([{"method": m, "knob": rows.knob.iloc[0], "validation accuracy by value": tried(rows),
                           "values tried": int(rows.value.notna().sum()),

@@ -130,6 +130,8 @@ def test_tuning_summary_flags_a_choice_at_the_end_of_its_ladder():
     assert summary["at the ladder's end"].to_dict() == {"zero-shot": "", "LLU": "", "CoOp": "yes"}
     assert summary["values tried"].to_dict() == {"zero-shot": 0, "LLU": 3, "CoOp": 4}
     assert summary.loc["LLU", "validation accuracy by value"] == "2: 60.0 · 10: 61.0 · 50: 51.0"
+    scored = protocols.tuning_summary(pd.DataFrame(rows).assign(val_accuracy=lambda t: t.val_accuracy.fillna(70.0)))
+    assert scored.loc["zero-shot", "validation accuracy by value"] == "70.0"  # no knob: its score alone
 
 
 def test_meta_training_runs_once_per_value_and_seed():
