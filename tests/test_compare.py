@@ -68,3 +68,16 @@ def test_episodic_scores_average_each_dataset_first():
             for d, accs in (("x", [10.0, 30.0, 50.0]), ("y", [80.0])) for a in accs]
     got = compare.scores(pd.DataFrame(rows))
     assert got.setting.tolist() == ["2-shot episodes"] and got.score.tolist() == [55.0]  # mean of 30 and 80
+
+
+def test_only_methods_with_a_score_in_a_protocol_can_be_its_rival():
+    import numpy as np
+    import pandas as pd
+
+    from fslib.studies.compare import scored_in
+
+    per_seed = pd.DataFrame([("base-to-new", "HM", "linear probe", 1, np.nan), ("base-to-new", "HM", "CoOp", 1, 70.0),
+                             ("few-shot", "8 shots", "linear probe", 1, 60.0)],
+                            columns=["protocol", "setting", "method", "seed", "score"])
+    assert scored_in(per_seed, "base-to-new", "HM") == ["CoOp"]
+    assert scored_in(per_seed, "few-shot", "8 shots") == ["linear probe"]

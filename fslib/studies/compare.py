@@ -200,6 +200,13 @@ def decide_inputs(per_seed: pd.DataFrame, protocol: str, setting: str, method: s
     return rows.set_index("seed").score.rename(method)
 
 
+def scored_in(per_seed: pd.DataFrame, protocol: str, setting: str) -> list[str]:
+    """The methods with a score in one protocol and setting (a linear probe has none on new classes): those
+    that can be a rival there."""
+    rows = per_seed[(per_seed.protocol == protocol) & (per_seed.setting == setting)]
+    return list(dict.fromkeys(rows.dropna(subset=["score"]).method))
+
+
 # -- figures ---------------------------------------------------------------------------------------
 def improvement_matrix(pairs: pd.DataFrame) -> plt.Figure:
     """Pairwise probability of improvement (row beats column on a task), annotated with its 95% CI; cells
