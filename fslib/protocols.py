@@ -69,6 +69,13 @@ def few_shot_tasks(datasets: Sequence[str], shots: Sequence[int], seeds: Sequenc
                 yield Task("few-shot", train.name, k, seed, few_shot(train, k, seed), {"all": test})
 
 
+def scored_split(name: str, split: str, test_per_class: int | None = None) -> ImageDataset:
+    """One split of a dataset as the protocols score it: the test split as its fixed sample of
+    ``test_per_class`` images per class (the same for every method and seed), any other split whole."""
+    data = load_dataset(name, split)
+    return fixed_test_sample(data, test_per_class) if split == "test" else data
+
+
 def base_to_new_tasks(datasets: Sequence[str], shots: int, seeds: Sequence[int], test_per_class: int | None = None,
                       splits: Sequence[str] = ("test",)) -> Iterator[Task]:
     """CoCoOp's protocol: fitted on the base half of the classes, scored on base and on new classes of the test
@@ -79,8 +86,7 @@ def base_to_new_tasks(datasets: Sequence[str], shots: int, seeds: Sequence[int],
         base_train, _ = base_new_split(load_dataset(name, "train"))
         tests, columns = {}, {}
         for split in splits:
-            data = load_dataset(name, split)
-            halves = base_new_split(fixed_test_sample(data, test_per_class) if split == "test" else data)
+            halves = base_new_split(scored_split(name, split, test_per_class))
             for part, subset in zip(("base", "new"), halves):
                 key = f"{part} ({split})" if labelled else part
                 tests[key] = subset
@@ -100,9 +106,8 @@ def new_class_level_tasks(levels: Mapping[object, str], shots: int, seeds: Seque
     base_train, _ = base_new_split(load_dataset(first, "train"))
     tests, columns = {}, {}
     for split in splits:
-        sample = (lambda data: fixed_test_sample(data, test_per_class)) if split == "test" else (lambda data: data)
         for level, name in levels.items():
-            base, new = base_new_split(sample(load_dataset(name, split)))
+            base, new = base_new_split(scored_split(name, split, test_per_class))
             if base.classnames != base_train.classnames:
                 raise ValueError(f"{name} does not share the base classes of {first}: not a dial of new classes")
             key = f"new @ {level} ({split})"  # a name only: the rows carry the level
@@ -170,12 +175,8 @@ def make_benchmark(id_datasets: Sequence[str], ood_datasets: Sequence[str], n_wa
     ``val_tasks`` (val split) and ``test_tasks`` (test split) on ID novel classes or all OOD classes. Test
     episodes are drawn from a fixed sample of ``test_per_class`` images per class (the same for every seed),
     which bounds the trunk cache."""
-    def load(name: str, split: str) -> ImageDataset:
-        data = load_dataset(name, split)
-        return fixed_test_sample(data, test_per_class) if split == "test" else data
-
     def part(name: str, split: str, which: int) -> ImageDataset:
-        data = load(name, split)
+        data = scored_split(name, split, test_per_class)
         return restrict_classes(data, novel_class_split(data.num_classes, novel, n_way)[which], f"{'base' if which == 0 else 'novel'}")
 
     pool = [part(name, "train", 0) for name in id_datasets]
@@ -185,7 +186,7 @@ def make_benchmark(id_datasets: Sequence[str], ood_datasets: Sequence[str], n_wa
     for split, count in (("val", val_tasks), ("test", test_tasks)):
         splits[split] = {}
         for i, name in enumerate([*id_datasets, *ood_datasets]):
-            data = part(name, split, 1) if name in id_datasets else load(name, split)
+            data = part(name, split, 1) if name in id_datasets else scored_split(name, split, test_per_class)
             episode_sampler = EpisodeSampler([data], n_way, shots, queries, seed=seed * 1000 + i + (500 if split == "val" else 0))
             splits[split][name] = [episode_sampler.sample() for _ in range(count)]
     return Benchmark(list(id_datasets), list(ood_datasets), train, splits["val"], splits["test"])
