@@ -462,6 +462,14 @@ def stage(premise: Claim, sides: Mapping[object, tuple[pd.Series, pd.Series]], d
     return Staging(premise, verdicts, dial)
 
 
+def trend_staging(premise: Verdict, dial: str) -> Staging:
+    """A premise that is a trend over a whole dial ("P gets worse as the level rises") as a :class:`Staging`:
+    held, it stages the claims that are trends over the same levels; otherwise they are not staged."""
+    if premise.claim.role != "premise" or premise.claim.kind != "trend":
+        raise ValueError(f"claim {premise.claim.claim!r} is not a trend premise")
+    return Staging(premise.claim, {"all levels": premise}, dial)
+
+
 def not_staged(claim: Claim, staging: Staging) -> Verdict:
     """Record that ``claim`` was not decided: its premise held at no level of the dial (its numbers said)."""
     detail = (f"not decided: the premise \"{staging.premise.claim}\" held at no level of {staging.dial} "
@@ -572,5 +580,5 @@ def takeaway(verdicts: Sequence[Verdict], readings: Mapping[str, Mapping[str, st
 
 
 __all__ = ["Claim", "Verdict", "Staging", "declare", "decide", "decide_trend", "stage", "not_staged", "unit_means",
-           "level_sides", "level_name", "begin", "read_claims", "read_run", "committed", "compare_runs", "tolerances", "TOLERANCE", "MARGINS",
+           "level_sides", "level_name", "trend_staging", "begin", "read_claims", "read_run", "committed", "compare_runs", "tolerances", "TOLERANCE", "MARGINS",
            "MIN_LEVELS", "counts", "takeaway", "seeds_to_resolve", "VERDICTS"]

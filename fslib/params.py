@@ -273,12 +273,11 @@ CHECKS: dict[str, Check] = dict(
     dg_shots=positive_int, episode_id_datasets=dataset_list, episode_ood_datasets=dataset_list,
     episode_tests=dataset_list, episode_shots=positive_int, episode_queries=positive_int,
     adapt_epochs=positive_int, dial=dial_name, levels=dial_levels, distance_dial=dial_name,
-    distance_levels=dial_levels,
+    distance_levels=dial_levels, shift_dial=dial_name, shift_levels=dial_levels, official_epochs=positive_int,
 )
 # Where a notebook gives a name another shape (a list of shot counts for a curve, a list of task sizes).
 NOTEBOOK_CHECKS: dict[str, dict[str, Check]] = {
     "00_tour": dict(shots=int_list),
-    "01_mamf": dict(n_way=int_list),
     "06_compare": dict(shots=int_list),
     # instead of the dial's levels, named datasets (real data): each decided on its own
     "04_llu": dict(datasets=optional(dataset_list)),

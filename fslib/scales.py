@@ -25,12 +25,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "shots": dict(paper=[1, 2, 4, 8, 16], lesson=[1, 4, 16]),
     },
     "01_mamf": {
-        "n_way": dict(paper=[2, 3, 4, 5], lesson=[2, 3, 4]),
-        "tasks": dict(paper=10, lesson=2),
-        "train_per_class": dict(paper=4, lesson=2),
+        "levels": dict(paper=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], lesson=[0.0, 0.6, 1.0]),
+        "shift_levels": dict(paper=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], lesson=[0.0, 0.6, 1.0]),
+        "tasks": dict(paper=8, lesson=2),
+        "train_per_class": dict(paper=8, lesson=2),
         "lr_grid": dict(paper=[3e-5, 3e-4], lesson=[3e-4]),
         "adapt_grid": dict(paper=[0, 5], lesson=[0, 1]),
         "val_tasks": dict(paper=4, lesson=1),
+        "official_epochs": dict(paper=8, lesson=2),
     },
     "02_apex": {
         "datasets": dict(paper=None, lesson=None),  # None: the difficulty dial's levels

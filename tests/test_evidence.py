@@ -156,6 +156,24 @@ def test_premise_first_claims_are_decided_only_where_the_premise_held():
         Claim("nb", "x", "Sec. 1", ("A", "B"), role="side")
 
 
+def test_a_trend_premise_stages_trend_claims_only_where_it_held():
+    from types import SimpleNamespace
+
+    from fslib import evidence
+    evidence.begin("nb", SimpleNamespace(scale="paper", seeds=[1, 2, 3], device="cpu"))
+    premise = Claim("nb", "P falls along the dial", "Sec. 1", ("P", "level"), direction="less", kind="trend",
+                    role="premise")
+    levels = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    table = pd.DataFrame([(s, x, 80 - 10 * x - s) for s in (1, 2, 3) for x in levels], columns=["seed", "level", "P"])
+    falls = evidence.trend_staging(decide_trend(premise, table, "P", "level", group="level"), "dial")
+    assert falls.levels == ["all levels"]
+    flat = evidence.trend_staging(decide_trend(premise, table.assign(P=table.seed * 1.0), "P", "level",
+                                               group="level"), "dial")
+    assert flat.levels == [] and "all levels: +0.00" in evidence.not_staged(claim(), flat).detail
+    with pytest.raises(ValueError, match="is not a trend premise"):
+        evidence.trend_staging(decide(claim(), seeds([1.0, 2.0, 3.0]), seeds([0.0, 0.0, 0.0])), "dial")
+
+
 def test_one_margin_per_kind_of_claim():
     from fslib.evidence import MARGINS
     assert MARGINS == {"beats": 0.0, "within": -2.0, "goes wrong": -5.0}

@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -5,9 +7,11 @@ import torch
 import pandas as pd
 
 from fslib.fewshot import EpisodeSampler
-from fslib.methods.mamf import (PromptFineTune, fomaml_task_update, mamf_budget, meta_train, meta_train_on_episodes,
-                               sample_tasks, task_count)
-from fslib.studies.mamf import choose_settings, compare_strategies, train_arm
+from fslib.methods.mamf import (PromptFineTune, fine_tune, fomaml_task_update, mamf_budget, mamf_chunks, meta_train,
+                               meta_train_on_episodes, sample_tasks, task_count)
+from fslib.models import prompt_tokens
+from fslib.features import preprocess_images
+from fslib.studies.mamf import at_chosen, choose_settings, compare_strategies, train_arm
 from tests.conftest import make_dataset
 
 
@@ -94,9 +98,9 @@ def test_matched_fine_tuning_takes_mamf_steps_and_images(random_clip):
     data = make_dataset(4, 4)
     _, mamf = train_arm(random_clip, data, "MAMF", 2, lr=1e-4, seed=0, batch_size=32)
     _, matched = train_arm(random_clip, data, "fine-tuning", 2, lr=1e-4, seed=0, batch_size=32)
-    _, one_epoch = train_arm(random_clip, data, "fine-tuning (1 epoch)", 2, lr=1e-4, seed=0, batch_size=32)
+    _, official = train_arm(random_clip, data, "fine-tuning (official)", 2, lr=1e-4, seed=0, epochs=2, batch_size=32)
     assert matched == mamf and (mamf.steps, mamf.images) == (10, 80)
-    assert (one_epoch.steps, one_epoch.images) == (1, 16)
+    assert (official.steps, official.images) == (2, 32)  # 2 epochs over all 16 images, one batch each
     with pytest.raises(ValueError, match="unknown arm 'MAML'; allowed: fine-tuning, "):
         train_arm(random_clip, data, "MAML", 2, lr=1e-4, seed=0)
 
@@ -111,3 +115,36 @@ def test_choose_settings_takes_each_arms_best_mean_and_the_first_on_ties():
 def test_compare_strategies_names_unknown_arms(random_clip):
     with pytest.raises(ValueError, match=r"unknown arms \['MAML'\]"):
         compare_strategies(random_clip, ["colors"], [2], 1, 1, [1], {"MAML": [(1e-5, 0)]})
+
+
+def test_mamf_chunks_are_its_steps_per_task_and_add_up_to_its_budget():
+    data = make_dataset(4, 4)  # 4 images per class: a 2-way task holds 8
+    chunks = mamf_chunks(data, 2, epochs=3, batch_size=5, seed=0)
+    assert chunks == [3 * 2] * task_count(2, 4)  # ceil(8 / 5) = 2 steps per epoch
+    assert sum(chunks) == mamf_budget(data, 2, 3, 5, seed=0).steps
+
+
+def _fine_tuned(clip, resets, steps=2, lr=1e-3):
+    data = make_dataset(4, 4)
+    model = copy.deepcopy(clip.model)
+    before = [p.detach().clone() for p in model.parameters()]
+    fine_tune(model, preprocess_images(clip, data), torch.as_tensor(data.labels), prompt_tokens(clip, data), 1, lr,
+              8, seed=0, steps=steps, optimizer_resets=resets)
+    return [p.detach() - b for p, b in zip(model.parameters(), before)]
+
+
+def test_a_fresh_adam_per_chunk_moves_each_weight_at_most_lr_per_step(random_clip):
+    # Adam's first step from fresh state is lr * g / |g| (bias-corrected): a reset every step caps each step at lr
+    reset = _fine_tuned(random_clip, [1, 1])
+    assert max(float(d.abs().max()) for d in reset) <= 2e-3 * (1 + 1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(_fine_tuned(random_clip, [2]), _fine_tuned(random_clip, None)))
+    assert any(not torch.allclose(a, b) for a, b in zip(reset, _fine_tuned(random_clip, None)))
+    with pytest.raises(ValueError, match=r"optimizer_resets \[1, 2\] add up to 3 steps, not the 2 asked for"):
+        _fine_tuned(random_clip, [1, 2])
+
+
+def test_at_chosen_keeps_zero_shot_and_each_arms_chosen_settings():
+    rows = [("zero-shot", 0.0, 0), ("MAMF", 1e-4, 5), ("MAMF", 1e-4, 0), ("MAMF", 1e-5, 5), ("FOMAML", 1e-5, 0)]
+    table = pd.DataFrame(rows, columns=["method", "lr", "adapt_epochs"])
+    kept = at_chosen(table, {"MAMF": (1e-4, 5), "FOMAML": (1e-5, 0)})
+    assert kept.values.tolist() == [["zero-shot", 0.0, 0], ["MAMF", 1e-4, 5], ["FOMAML", 1e-5, 0]]

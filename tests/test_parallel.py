@@ -127,7 +127,7 @@ def test_apex_and_mamf_drivers_in_forked_processes_equal_one_process(random_clip
                     for f in ("zero-shot", "VPT+TA")}
         prompts = apex.base_to_new(families, {"colors": "colors"}, 1, [1, 2], alphas=[0.5], progress=False,
                                    test_per_class=2)
-        settings = {"MAMF": [(1e-4, 0), (1e-4, 1), (1e-3, 1)], "fine-tuning (1 epoch)": [(1e-4, 1)]}
+        settings = {"MAMF": [(1e-4, 0), (1e-4, 1), (1e-3, 1)], "fine-tuning (official)": [(1e-4, 1)]}
         strategies = mamf.compare_strategies(random_clip, ["colors"], [2, 3], 1, 2, [1, 2], settings,
                                              train_per_class=2, queries=2, progress=False)
         return (*prompts[:2], strategies)
@@ -139,7 +139,7 @@ def test_apex_and_mamf_drivers_in_forked_processes_equal_one_process(random_clip
         pd.testing.assert_frame_equal(one.drop(columns=timings, errors="ignore"), two.drop(columns=timings, errors="ignore"))
     order = runs["1"][-1][["seed", "n_way", "method", "lr", "adapt_epochs"]].drop_duplicates().values.tolist()
     assert order == [[seed, n, *run] for seed in (1, 2) for n in (2, 3) for run in (
-        ["zero-shot", 0.0, 0], ["MAMF", 1e-4, 0], ["MAMF", 1e-4, 1], ["MAMF", 1e-3, 1], ["fine-tuning (1 epoch)", 1e-4, 1])]
+        ["zero-shot", 0.0, 0], ["MAMF", 1e-4, 0], ["MAMF", 1e-4, 1], ["MAMF", 1e-3, 1], ["fine-tuning (official)", 1e-4, 1])]
 
 
 def test_a_unit_that_maps_units_runs_them_in_its_worker(monkeypatch):

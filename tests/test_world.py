@@ -135,3 +135,31 @@ def test_the_sketch_dial_moves_zero_shot_accuracy_from_known_to_unknown():
     accuracy = [float(zero_shot_table(clip, [name], split="val").zero_shot.iloc[0]) for name in dial.datasets().values()]
     assert accuracy[0] > 85 and accuracy[-1] < 35, accuracy
     assert stats.spearmanr(dial.levels, accuracy).statistic <= -0.9, accuracy
+
+
+def test_the_spurious_cue_dial_ties_colour_to_class_in_training_images_only(monkeypatch):
+    from fslib.data import load_dataset
+    from fslib.world import dials
+    from fslib.world.render import COLORS
+
+    drawn, real = [], dials.single_object_scene
+
+    def spy(rng, shape, color, *args, **kwargs):
+        drawn.append(color)
+        return real(rng, shape, color, *args, **kwargs)
+
+    monkeypatch.setattr(dials, "single_object_scene", spy)
+
+    def cued_share(level: float, split: str) -> float:
+        drawn.clear()
+        draw, rng = dials.DIALS["spurious_cue"].level(level).draw, np.random.default_rng(0)
+        labels = np.arange(200) % 10
+        for label in labels:
+            draw(int(label), rng, split)
+        return float(np.mean([color == list(COLORS)[label] for color, label in zip(drawn, labels)]))
+
+    assert cued_share(1.0, "train") == 1.0
+    assert 0.5 < cued_share(0.6, "train") < 0.7 and cued_share(0.0, "train") < 0.2  # a random colour may match
+    assert cued_share(1.0, "val") < 0.2 and cued_share(1.0, "test") < 0.2
+    for split in ("val", "test"):  # the cue lives in the training images only: other splits equal at every level
+        assert np.array_equal(load_dataset("spurious_cue@0", split).images, load_dataset("spurious_cue@1", split).images)

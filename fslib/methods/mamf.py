@@ -76,20 +76,28 @@ def in_batch_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
 def fine_tune(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor,
               epochs: int, lr: float, batch_size: int, seed: int, steps: int | None = None,
-              progress: bool = False) -> list[float]:
+              optimizer_resets: Sequence[int] | None = None, progress: bool = False) -> list[float]:
     """Adam over shuffled mini-batches at a constant LR (the official recipe's optimiser): ``epochs``
-    passes, or exactly ``steps`` steps when given (how fine-tuning is matched to MAMF's budget)."""
+    passes, or exactly ``steps`` steps when given (how fine-tuning is matched to MAMF's budget).
+
+    ``optimizer_resets`` splits the steps into chunks of these sizes, each with a fresh Adam: MAMF's
+    per-task step counts (:func:`mamf_chunks`), so that matched fine-tuning also shares MAMF's
+    optimiser-state policy (the official code makes a new Adam for every task, notes §2.3)."""
     generator = torch.Generator().manual_seed(seed)
     batches = minibatches(len(labels), batch_size, generator)
     steps = epochs * math.ceil(len(labels) / batch_size) if steps is None else steps
+    chunks = [steps] if optimizer_resets is None else list(optimizer_resets)
+    if sum(chunks) != steps:
+        raise ValueError(f"optimizer_resets {chunks} add up to {sum(chunks)} steps, not the {steps} asked for")
     model.train()
 
     def step_loss(_: int) -> torch.Tensor:
         idx = next(batches)
         return in_batch_loss(model, images[idx], labels[idx], tokens)
 
-    return train(model.parameters(), step_loss, steps, lr, optimizer="adam", cosine=False,
-                 device=next(model.parameters()).device, progress=progress)
+    device = next(model.parameters()).device
+    return [loss for chunk in chunks for loss in train(model.parameters(), step_loss, chunk, lr, optimizer="adam",
+                                                         cosine=False, device=device, progress=progress)]
 
 
 @dataclass(frozen=True)
@@ -100,15 +108,23 @@ class Budget:
     images: int
 
 
-def mamf_budget(train_set: ImageDataset, n_way: int, epochs: int, batch_size: int, seed: int) -> Budget:
-    """MAMF's steps and images on ``train_set`` at ``n_way`` with ``seed`` (the tasks :func:`meta_train` draws).
+def mamf_chunks(train_set: ImageDataset, n_way: int, epochs: int, batch_size: int, seed: int) -> list[int]:
+    """MAMF's optimiser steps per task on ``train_set`` at ``n_way`` with ``seed`` (the tasks :func:`meta_train`
+    draws): a task of ``m`` images takes ``epochs * ceil(m / batch)`` steps, each task with a fresh Adam."""
+    return [epochs * math.ceil(m / batch_size) for m in task_sizes(train_set, n_way, seed)]
 
-    A task of ``m`` images takes ``epochs * ceil(m / batch)`` steps and passes ``epochs * m`` images.
-    Fine-tuning given the same number of steps with a batch of ``images / steps`` sees the same images:
-    the only difference left is the one the paper names, how the classes of each batch are sampled.
+
+def mamf_budget(train_set: ImageDataset, n_way: int, epochs: int, batch_size: int, seed: int) -> Budget:
+    """MAMF's steps and images on ``train_set`` at ``n_way`` with ``seed``: :func:`mamf_chunks` summed, and
+    ``epochs * m`` images per task of ``m`` images.
+
+    Fine-tuning given the same number of steps with a batch of ``images / steps``, and a fresh Adam at
+    the same step counts (:func:`fine_tune`'s ``optimizer_resets``), sees the same images under the same
+    optimiser policy: the only difference left is the one the paper names, how each batch's classes are
+    sampled.
     """
-    sizes = task_sizes(train_set, n_way, seed)
-    return Budget(steps=sum(epochs * math.ceil(m / batch_size) for m in sizes), images=epochs * sum(sizes))
+    return Budget(steps=sum(mamf_chunks(train_set, n_way, epochs, batch_size, seed)),
+                  images=epochs * sum(task_sizes(train_set, n_way, seed)))
 
 
 def mamf_tasks(train_set: ImageDataset, n_way: int, seed: int) -> list[list[int]]:
@@ -203,20 +219,22 @@ def _start(clip: Clip, strategy: str, seed: int, random_heads: bool, freeze_text
 
 def meta_train(clip: Clip, train_set: ImageDataset, strategy: str, n_way: int, epochs: int = 1, lr: float = 1e-5,
                inner_lr: float = 1e-3, inner_steps: int = 1, batch_size: int = 32, seed: int = 1,
-               steps: int | None = None, random_heads: bool = False, freeze_text: bool = False,
-               progress: bool = True) -> Clip:
+               steps: int | None = None, optimizer_resets: Sequence[int] | None = None, random_heads: bool = False,
+               freeze_text: bool = False, progress: bool = True) -> Clip:
     """Starting weights for meta-test by ``strategy`` (one of ``STRATEGIES``) on ``train_set``.
 
     Returns a new :class:`Clip` (the input is not modified). ``epochs`` are per task for MAMF and
     FOMAML (the official code runs 8 per task) and over all data for fine-tuning, unless ``steps``
-    fixes fine-tuning's step count (see :func:`mamf_budget`). FOMAML takes ``inner_steps`` SGD steps
+    fixes fine-tuning's step count and ``optimizer_resets`` where it starts a fresh Adam (see
+    :func:`mamf_budget`). FOMAML takes ``inner_steps`` SGD steps
     of ``inner_lr`` on random support-half batches of each task (:func:`task_update`).
     """
     model = _start(clip, strategy, seed, random_heads, freeze_text)
     images, labels = preprocess_images(clip, train_set), torch.as_tensor(train_set.labels)
     tokens = prompt_tokens(clip, train_set)
     if strategy == "finetune":
-        fine_tune(model, images, labels, tokens, epochs, lr, batch_size, seed, steps=steps, progress=progress)
+        fine_tune(model, images, labels, tokens, epochs, lr, batch_size, seed, steps=steps,
+                  optimizer_resets=optimizer_resets, progress=progress)
     else:
         outer = make_optimizer(model.parameters(), "adam", lr) if strategy == "fomaml" else None
         tasks = mamf_tasks(train_set, n_way, seed)

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from fslib import parallel
 from fslib.data import ImageDataset, load_dataset
 from fslib.fewshot import EpisodeSampler, few_shot
-from fslib.methods.mamf import Budget, PromptFineTune, mamf_budget, meta_train, task_sizes
+from fslib.methods.mamf import Budget, PromptFineTune, mamf_budget, mamf_chunks, meta_train, task_sizes
 from fslib.models import Clip
 from fslib.protocols import best_on_validation, episode_accuracies
 
@@ -24,8 +25,9 @@ from fslib.protocols import best_on_validation, episode_accuracies
 class Arm:
     """One way to spend the meta-training data, as the comparison runs it.
 
-    ``matched`` fine-tuning takes MAMF's steps and images at the same ``n`` (:func:`mamf_budget`);
-    ``per_n`` is False for an arm whose training does not depend on ``n`` (one-epoch fine-tuning).
+    ``matched`` fine-tuning takes MAMF's steps, images and optimiser resets at the same ``n``
+    (:func:`~fslib.methods.mamf.mamf_budget`); ``per_n`` is False for an arm whose training does not depend
+    on ``n``.
     """
 
     strategy: str
@@ -36,16 +38,20 @@ class Arm:
 
 ARMS = {
     "fine-tuning": Arm("finetune", matched=True),
-    "fine-tuning (1 epoch)": Arm("finetune", per_n=False),
     "FOMAML": Arm("fomaml"),
     "MAMF": Arm("mamf"),
-    "MAMF (random heads)": Arm("mamf", random_heads=True),
+    # the paper's comparison as its code runs it: fresh random projection heads for both, the meta-training
+    # epochs per task for MAMF and over all data for fine-tuning (one Adam throughout; the code runs 8), budgets
+    # not matched (notes §2.3-2.4)
+    "fine-tuning (official)": Arm("finetune", random_heads=True, per_n=False),
+    "MAMF (official)": Arm("mamf", random_heads=True),
 }
 
 
 def train_arm(clip: Clip, train_set: ImageDataset, arm: str, n_way: int, lr: float, seed: int, epochs: int = 1,
               inner_lr: float = 1e-3, inner_steps: int = 1, batch_size: int = 32) -> tuple[Clip, Budget]:
-    """Meta-train one of ``ARMS`` and say what it cost. One-epoch fine-tuning always runs 1 epoch."""
+    """Meta-train one of ``ARMS`` for ``epochs`` (per task, or over all data for unmatched fine-tuning) and say
+    what it cost."""
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; allowed: {', '.join(ARMS)}")
     spec = ARMS[arm]
@@ -53,12 +59,12 @@ def train_arm(clip: Clip, train_set: ImageDataset, arm: str, n_way: int, lr: flo
     if spec.matched:
         budget = mamf_budget(train_set, n_way, epochs, batch_size, seed)
         batch = max(1, round(budget.images / budget.steps))
-        start = meta_train(clip, train_set, spec.strategy, n_way, batch_size=batch, steps=budget.steps, **common)
+        start = meta_train(clip, train_set, spec.strategy, n_way, batch_size=batch, steps=budget.steps,
+                           optimizer_resets=mamf_chunks(train_set, n_way, epochs, batch_size, seed), **common)
         return start, Budget(budget.steps, budget.steps * batch)
-    if spec.strategy == "finetune":
-        start = meta_train(clip, train_set, spec.strategy, n_way, epochs=1, batch_size=batch_size, **common)
-        return start, Budget(math.ceil(len(train_set) / batch_size), len(train_set))
     start = meta_train(clip, train_set, spec.strategy, n_way, epochs=epochs, batch_size=batch_size, **common)
+    if spec.strategy == "finetune":
+        return start, Budget(epochs * math.ceil(len(train_set) / batch_size), epochs * len(train_set))
     if spec.strategy == "mamf":
         return start, mamf_budget(train_set, n_way, epochs, batch_size, seed)
     steps = images = 0  # FOMAML: inner steps on a support-half batch, outer steps over the query half
@@ -69,7 +75,7 @@ def train_arm(clip: Clip, train_set: ImageDataset, arm: str, n_way: int, lr: flo
     return start, Budget(steps, images)
 
 
-def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int], shots: int, tasks: int,
+def compare_strategies(clip: Clip, datasets: Sequence[str] | Mapping[object, str], n_ways: Sequence[int], shots: int, tasks: int,
                        seeds: Sequence[int], settings: dict[str, Sequence[tuple[float, int]]], split: str = "test",
                        epochs: int = 1, inner_lr: float = 1e-3, inner_steps: int = 1, train_per_class: int = 8,
                        queries: int = 8, progress: bool = True) -> pd.DataFrame:
@@ -81,8 +87,9 @@ def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int
     Meta-training uses ``train_per_class`` images per class of the train split (drawn by seed); episodes
     draw ``shots`` support and ``queries`` query images per class from ``split`` ("val" to choose
     settings, "test" to report): held-out images of the same classes, as in the official code (notes §4).
-    Returns one row per (dataset, n_way, seed, method, lr, adapt_epochs, task) with the accuracy and the
-    arm's meta-training ``steps`` and ``images``, in the order (dataset, seed, n, zero-shot then ``settings``).
+    ``datasets`` may map a dial's levels to their datasets (``Dial.datasets()``): each row then also says its
+    ``level``. Returns one row per (dataset, n_way, seed, method, lr, adapt_epochs, task) with the accuracy and
+    the arm's meta-training ``steps`` and ``images``, in the order (dataset, seed, n, zero-shot then ``settings``).
 
     Each (dataset, seed, arm, lr) is a unit of :func:`fslib.parallel.map_units` (zero-shot is one more per
     (dataset, seed)): the unit meta-trains its arm once per ``n`` (once in all for an arm whose training
@@ -92,6 +99,8 @@ def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int
     unknown = sorted(set(settings) - set(ARMS))
     if unknown:
         raise ValueError(f"unknown arms {unknown}; allowed: {', '.join(ARMS)}")
+    levels = dict(datasets) if isinstance(datasets, Mapping) else None
+    datasets = list(datasets.values()) if isinstance(datasets, Mapping) else list(datasets)
 
     def arm_at_lr(unit: tuple[str, int, str, float]) -> dict[tuple[int, int], list[dict]]:
         name, seed, arm, lr = unit
@@ -116,13 +125,25 @@ def compare_strategies(clip: Clip, datasets: Sequence[str], n_ways: Sequence[int
     units = [(name, seed, arm, lr) for name in datasets for seed in seeds for arm, lr in trained_arms]
     units += [(name, seed, "zero-shot", 0.0) for name in datasets for seed in seeds]  # the cheapest last
     done = dict(zip(units, parallel.map_units(arm_at_lr, units, desc=f"{split}: datasets x seeds x arms", progress=progress)))
-    return pd.DataFrame([row for name in datasets for seed in seeds for n in n_ways
-                         for arm, lr, adapt in [("zero-shot", 0.0, 0), *runs]
-                         for row in done[name, seed, arm, lr][n, adapt]])
+    table = pd.DataFrame([row for name in datasets for seed in seeds for n in n_ways
+                          for arm, lr, adapt in [("zero-shot", 0.0, 0), *runs]
+                          for row in done[name, seed, arm, lr][n, adapt]])
+    if levels is not None:
+        table.insert(0, "level", table.dataset.map({name: level for level, name in levels.items()}))
+    return table
 
 
 def choose_settings(validation: pd.DataFrame) -> dict[str, tuple[float, int]]:
-    """Each arm's ``(lr, adapt_epochs)`` with the best mean validation accuracy over datasets, ``n``,
-    seeds and episodes (the first in grid order on ties). Every arm is chosen from the same grid."""
+    """Each arm's ``(lr, adapt_epochs)`` with the best mean validation accuracy over datasets (or levels),
+    ``n``, seeds and episodes (the first in grid order on ties). Every arm is chosen from the same grid."""
     best = best_on_validation(validation[validation.method != "zero-shot"], ["lr", "adapt_epochs"], group="method")
     return {arm: (float(lr), int(adapt_epochs)) for arm, (lr, adapt_epochs) in best.items()}
+
+
+def at_chosen(results: pd.DataFrame, chosen: Mapping[str, tuple[float, int]]) -> pd.DataFrame:
+    """The rows of zero-shot and of each arm at its ``chosen`` ``(lr, adapt_epochs)`` (validation rows scored
+    at the settings the test runs use: where a premise is decided)."""
+    keep = results.method == "zero-shot"
+    for arm, (lr, adapt) in chosen.items():
+        keep |= (results.method == arm) & np.isclose(results.lr, lr) & (results.adapt_epochs == adapt)
+    return results[keep]

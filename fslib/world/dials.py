@@ -24,6 +24,10 @@ class_distance     six fixed base classes (colour-shape pairs) and, at level k, 
                    Ko, Yun 2023, §4.2): the images (a fixed sketch blend, DISTANCE_SKETCH_BLEND) and the
                    base classes stay the same, the new classes move away from the base classes in
                    CLIP's text space
+spurious_cue       the 10 textures; in the train split the object of class k has colour k with
+                   probability ρ (the level) and a random colour otherwise, so a colour predicts
+                   the texture as often as ρ says; the val and test splits always draw the colour
+                   at random, so a model that learnt the colour for the texture loses there
 =================  ==============================================================================
 """
 from __future__ import annotations
@@ -37,17 +41,18 @@ import numpy as np
 
 from fslib.data import SPLITS, ImageDataset, register_named_datasets
 from fslib.world.corpus import PRETRAIN_STYLES, single_object_scene
-from fslib.world.render import render
+from fslib.world.render import COLORS, render
 from fslib.world.suite import WORLD_DATASETS, images_per_class
 
 
 @dataclass(frozen=True)
 class Level:
-    """What one level draws: its classes and prompts, and ``draw(label, rng)``, one 64x64 RGB image."""
+    """What one level draws: its classes and prompts, and ``draw(label, rng, split)``, one 64x64 RGB image of
+    a split (a level may draw its train split apart from its val and test splits: ``spurious_cue``)."""
 
     classnames: tuple[str, ...]
     templates: tuple[str, ...]
-    draw: Callable[[int, np.random.Generator], np.ndarray]
+    draw: Callable[[int, np.random.Generator, str], np.ndarray]
     domain: str
 
 
@@ -77,7 +82,7 @@ class Dial:
 def _sketch_level(level: float) -> Level:
     spec = WORLD_DATASETS["shapes"]
 
-    def draw(label: int, rng: np.random.Generator) -> np.ndarray:
+    def draw(label: int, rng: np.random.Generator, split: str) -> np.ndarray:
         scene = spec.make_scene(label, rng)
         photo = render(scene, rng).astype(np.float32)
         sketch = render(replace(scene, style="sketch"), rng).astype(np.float32)  # drawn at every level
@@ -120,7 +125,7 @@ DISTANCE_NEW = (
 def _distance_level(level: float) -> Level:
     pairs = DISTANCE_BASE + DISTANCE_NEW[int(level) - 1]
 
-    def draw(label: int, rng: np.random.Generator) -> np.ndarray:
+    def draw(label: int, rng: np.random.Generator, split: str) -> np.ndarray:
         color, shape = pairs[label].split(" ")
         size = str(rng.choice(["medium", "large"]))
         scene = single_object_scene(rng, shape, color, size, position="center", style=str(rng.choice(PRETRAIN_STYLES)))
@@ -129,6 +134,25 @@ def _distance_level(level: float) -> Level:
         return np.rint((1 - DISTANCE_SKETCH_BLEND) * photo + DISTANCE_SKETCH_BLEND * sketch).astype(np.uint8)
 
     return Level(pairs, (DISTANCE_TEMPLATE, "a picture of a {}.", "a {}."), draw, "ood")
+
+
+# -- spurious_cue: the textures, each tied to a colour in the training images only ---------------
+# MAMF's story (Wang et al., 2022, §1): fine-tuning an expressive model on a few images of related classes
+# can latch onto what merely co-occurs with the label there. The cue is the object's colour: the tiny CLIP
+# knows every colour by name and only six of the ten textures, so the colour is the easier feature to learn.
+def _cue_level(level: float) -> Level:
+    spec = WORLD_DATASETS["textures"]
+    colors = list(COLORS)
+
+    def draw(label: int, rng: np.random.Generator, split: str) -> np.ndarray:
+        shape, random_color = str(rng.choice(["square", "circle", "hexagon"])), str(rng.choice(colors))
+        cued = rng.random() < level  # drawn at every level and split, so the streams stay aligned
+        color = colors[label] if split == "train" and cued else random_color
+        scene = single_object_scene(rng, shape, color, "large", texture=spec.classnames[label],
+                                    style=str(rng.choice(["flat", "shaded"])))
+        return render(scene, rng)
+
+    return Level(spec.classnames, spec.templates, draw, spec.domain)
 
 
 DIALS: dict[str, Dial] = {d.name: d for d in [
@@ -144,6 +168,12 @@ DIALS: dict[str, Dial] = {d.name: d for d in [
               "distance to the six base classes (distance_bins)",
          # six bins over the whole candidate pool, nearest first: the range the world offers, cut evenly
          levels=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0), level=_distance_level),
+    Dial("spurious_cue",
+         stages="how strongly a feature that is not the class (the object's colour) predicts the class in the "
+                "training images, while it predicts nothing in the images a model is tested on",
+         knob="probability ρ that a training image of class k shows colour k (otherwise a random colour)",
+         # six equal steps from no cue to a cue on every training image: the whole range of the story
+         levels=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), level=_cue_level),
 ]}
 
 
@@ -159,7 +189,7 @@ def _build(dial_name: str, level: float, split: str) -> ImageDataset:
     labels = np.repeat(np.arange(len(spec.classnames)), images_per_class(len(spec.classnames), split))
     images = np.empty((len(labels), 64, 64, 3), np.uint8)
     for i, label in enumerate(labels):
-        images[i] = spec.draw(int(label), rng)
+        images[i] = spec.draw(int(label), rng, split)
     images.flags.writeable = False
     name = dial.dataset(level)
     return ImageDataset(name, split, list(spec.classnames), labels, images, list(spec.templates),
