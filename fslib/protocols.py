@@ -148,16 +148,18 @@ def level_tasks(protocol: Callable[[str], Iterator[Task]], levels: Mapping[objec
 @dataclass
 class Benchmark:
     """Meta-training episodes (base classes of the ID domains) and validation / test episodes per dataset
-    (novel classes of the ID domains; every class of the OOD domains)."""
+    (novel classes of the ID domains; every class of the OOD domains; novel classes of a dial's levels)."""
 
     id_datasets: list[str]
     ood_datasets: list[str]
     train: list[Episode]
     val: dict[str, list[Episode]]
     test: dict[str, list[Episode]]
+    dial_datasets: list[str] = field(default_factory=list)
 
     def domain(self, dataset: str) -> str:
-        return "ID" if dataset in self.id_datasets else "OOD"
+        """``"ID"``, ``"OOD"``, or ``"dial"`` for a level of the test-side dial."""
+        return "ID" if dataset in self.id_datasets else "dial" if dataset in self.dial_datasets else "OOD"
 
 
 def novel_class_split(num_classes: int, novel: int, n_way: int) -> tuple[list[int], list[int]]:
@@ -170,11 +172,14 @@ def novel_class_split(num_classes: int, novel: int, n_way: int) -> tuple[list[in
 
 def make_benchmark(id_datasets: Sequence[str], ood_datasets: Sequence[str], n_way: int, shots: int, queries: int,
                    train_tasks: int, test_tasks: int, val_tasks: int, novel: int, seed: int,
-                   train_queries: int | None = None, test_per_class: int | None = 40) -> Benchmark:
+                   train_queries: int | None = None, test_per_class: int | None = 40,
+                   dial: Sequence[str] = ()) -> Benchmark:
     """Episodes for one seed: ``train_tasks`` on the base classes of the ID train splits, and per dataset
     ``val_tasks`` (val split) and ``test_tasks`` (test split) on ID novel classes or all OOD classes. Test
     episodes are drawn from a fixed sample of ``test_per_class`` images per class (the same for every seed),
-    which bounds the trunk cache."""
+    which bounds the trunk cache. ``dial`` names the levels of a test-side dial whose classes are those of an ID
+    domain (``sketch_shift``'s are ``shapes``'): their episodes use the same novel classes, so its first level
+    can be the ID test itself and later levels move the same classes away from it."""
     def part(name: str, split: str, which: int) -> ImageDataset:
         data = scored_split(name, split, test_per_class)
         return restrict_classes(data, novel_class_split(data.num_classes, novel, n_way)[which], f"{'base' if which == 0 else 'novel'}")
@@ -185,11 +190,12 @@ def make_benchmark(id_datasets: Sequence[str], ood_datasets: Sequence[str], n_wa
     splits = {}
     for split, count in (("val", val_tasks), ("test", test_tasks)):
         splits[split] = {}
-        for i, name in enumerate([*id_datasets, *ood_datasets]):
-            data = part(name, split, 1) if name in id_datasets else scored_split(name, split, test_per_class)
+        for i, name in enumerate([*id_datasets, *ood_datasets, *dial]):
+            novel_only = name in id_datasets or name in dial
+            data = part(name, split, 1) if novel_only else scored_split(name, split, test_per_class)
             episode_sampler = EpisodeSampler([data], n_way, shots, queries, seed=seed * 1000 + i + (500 if split == "val" else 0))
             splits[split][name] = [episode_sampler.sample() for _ in range(count)]
-    return Benchmark(list(id_datasets), list(ood_datasets), train, splits["val"], splits["test"])
+    return Benchmark(list(id_datasets), list(ood_datasets), train, splits["val"], splits["test"], list(dial))
 
 
 # -- the runner ------------------------------------------------------------------------------------

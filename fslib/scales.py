@@ -45,6 +45,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "dg_targets": dict(paper=["shapes_sketch", "shapes_inverted"], lesson=["shapes_sketch"]),
     },
     "03_smat": {
+        # test-side: one meta-training per variant and seed is scored at every level, so the lesson keeps all six
+        "levels": dict(paper=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], lesson=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
         "train_tasks": dict(paper=500, lesson=8),
         "test_tasks": dict(paper=50, lesson=2),
         "val_tasks": dict(paper=10, lesson=1),

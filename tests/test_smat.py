@@ -180,6 +180,16 @@ def test_benchmark_tests_in_distribution_on_novel_classes_only():
     assert len(bench.test["counting"]) == 3 and bench.domain("counting") == "OOD" and bench.domain("shapes") == "ID"
 
 
+def test_a_test_side_dial_draws_the_novel_classes_of_the_domain_it_shares_classes_with():
+    bench = make_benchmark(["shapes"], ["counting"], n_way=5, shots=1, queries=2, train_tasks=20, test_tasks=3, val_tasks=2,
+                           novel=5, seed=0, dial=["sketch_shift@0", "sketch_shift@1"])
+    novel = {name for ep in bench.test["shapes"] for name in ep.support.classnames}
+    for level in ("sketch_shift@0", "sketch_shift@1"):
+        assert bench.domain(level) == "dial" and len(bench.val[level]) == 2 and len(bench.test[level]) == 3
+        assert {name for ep in bench.test[level] for name in ep.support.classnames} == novel
+    assert bench.domain("counting") == "OOD" and bench.dial_datasets == ["sketch_shift@0", "sketch_shift@1"]
+
+
 def _meta_train_on_rank(rank: int, world: int, port: int, out: str) -> None:
     """One rank of a gloo process group, set up as torchrun would (environment variables)."""
     import os
@@ -230,7 +240,9 @@ def test_variants_in_forked_processes_equal_one_process(random_clip, one_and_two
     runs = one_and_two_processes(variants_and_tradeoff)
     (one, one_tradeoff), (two, two_tradeoff) = runs["1"], runs["2"]
     pd.testing.assert_frame_equal(one_tradeoff, two_tradeoff)
+    assert set(one_tradeoff.split) == {"test", "val"}
     for seed in benches:
+        assert set(one[seed].results.split) == {"test", "val"}  # validation rows: where rivals are chosen
         pd.testing.assert_frame_equal(one[seed].results, two[seed].results)
         pd.testing.assert_frame_equal(one[seed].curves, two[seed].curves)
         assert one[seed].finetune_lr == two[seed].finetune_lr

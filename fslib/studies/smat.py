@@ -74,11 +74,11 @@ def evaluate_experts(experts: SparseInterpolatedExperts, episodes: dict[str, lis
     return rows
 
 
-def choose_finetune_lr(experts: SparseInterpolatedExperts, bench: Benchmark, lrs: Sequence[float], steps: int) -> float:
-    """The fine-tuning LR with the best mean validation accuracy over every dataset (PMF's HPS, on the
-    validation split rather than the first test tasks); 0 means no fine-tuning."""
-    rows = pd.DataFrame([{"lr": lr, "accuracy": row["accuracy"]} for lr in lrs
-                         for row in evaluate_experts(experts, bench.val, "", "full", steps, lr)])
+def choose_finetune_lr(rows_by_lr: dict[float, list[dict]]) -> float:
+    """The fine-tuning LR whose validation rows (:func:`evaluate_experts` on ``bench.val`` at each LR) have the
+    best mean accuracy over every dataset (PMF's HPS, on the validation split rather than the first test
+    tasks); 0 means no fine-tuning."""
+    rows = pd.DataFrame([{"lr": lr, "accuracy": row["accuracy"]} for lr, rows in rows_by_lr.items() for row in rows])
     return float(best_on_validation(rows, ["lr"]))
 
 
@@ -106,8 +106,10 @@ class SeedRun:
 
 
 def domain_accuracy(experts: SparseInterpolatedExperts, bench: Benchmark, split: str = "val") -> dict[str, float]:
-    """Mean accuracy without fine-tuning per domain on ``split``'s episodes (the learning-curve monitor)."""
-    rows = pd.DataFrame(evaluate_experts(experts, getattr(bench, split), ""))
+    """Mean accuracy without fine-tuning per domain (ID and OOD) on ``split``'s episodes (the learning-curve
+    monitor; a test-side dial's levels are left out)."""
+    episodes = {name: eps for name, eps in getattr(bench, split).items() if bench.domain(name) != "dial"}
+    rows = pd.DataFrame(evaluate_experts(experts, episodes, ""))
     return rows.groupby(rows["dataset"].map(bench.domain)).accuracy.mean().to_dict()
 
 
@@ -136,10 +138,13 @@ def _train_and_test_variant(clip: Clip, bench: Benchmark, region: ExpertRegion, 
     experts = meta_train(clip, bench.train, mode, num_experts, sparsity, seed=seed, region=region, density=density,
                          monitor=monitor, monitor_every=curve_every, progress=False, **{**meta_options, **overrides})
     curves = [{"variant": label, "tasks": h["tasks"], "domain": d, "accuracy": h[d]} for h in experts.history for d in ("ID", "OOD")]
-    rows, chosen = evaluate_experts(experts, bench.test, label), None
+    test = lambda rows: [{**row, "split": "test"} for row in rows]
+    val = lambda rows: [{**row, "split": "val"} for row in rows]
+    rows, chosen = test(evaluate_experts(experts, bench.test, label)) + val(evaluate_experts(experts, bench.val, label)), None
     if label in finetuned_variants:
-        chosen = choose_finetune_lr(experts, bench, finetune_lrs, finetune_steps)
-        rows += evaluate_experts(experts, bench.test, label, "full", finetune_steps, chosen)
+        on_validation = {lr: evaluate_experts(experts, bench.val, label, "full", finetune_steps, lr) for lr in finetune_lrs}
+        chosen = choose_finetune_lr(on_validation)
+        rows += test(evaluate_experts(experts, bench.test, label, "full", finetune_steps, chosen)) + val(on_validation[chosen])
     return rows, experts, chosen, curves
 
 
@@ -151,7 +156,8 @@ def compare_variants(clip: Clip, benches: dict[int, Benchmark], sparsity: float,
     for every seed of ``benches`` (seed -> its benchmark).
 
     Hand-designed masks sit in the same router + M-expert framework at the *realised merged density* of
-    SMAT's learned masks (so SMAT is trained first). Every variant is tested without fine-tuning;
+    SMAT's learned masks (so SMAT is trained first). Every variant is scored on the test and the validation
+    episodes (column ``split``; validation is where rivals and premises are decided) without fine-tuning;
     ``finetuned_variants`` also with full fine-tuning, at the LR each chose on validation from
     ``finetune_lrs``. ``CURVE_VARIANTS`` are scored on the validation episodes every ``curve_every`` tasks.
     Each (seed, variant) is one unit of :func:`fslib.parallel.map_units`: it sets its own seeds, so where it
@@ -190,7 +196,8 @@ def compare_variants(clip: Clip, benches: dict[int, Benchmark], sparsity: float,
 def sparsity_tradeoff(clip: Clip, benches: dict[int, Benchmark], points: Sequence[tuple[float, int]], blocks: int | None = 1,
                       already_trained: dict[tuple[int, float, int], SparseInterpolatedExperts] | None = None,
                       **meta_options) -> pd.DataFrame:
-    """Test accuracy without fine-tuning and realised test-time sparsity of SMAT at each ``(τ, M)`` of ``points``
+    """Test and validation accuracy (column ``split``) without fine-tuning and realised test-time sparsity of SMAT
+    at each ``(τ, M)`` of ``points``
     for every seed of ``benches``, meta-trained on the same episodes; ``already_trained`` maps
     ``(seed, τ, M)`` to experts to reuse. Each (seed, τ, M) is one unit of :func:`fslib.parallel.map_units`."""
     already_trained = already_trained or {}
@@ -202,7 +209,8 @@ def sparsity_tradeoff(clip: Clip, benches: dict[int, Benchmark], points: Sequenc
                                                           progress=False, **meta_options)
         realised = 1 - float(experts.density().mean())
         return [{**row, "tau": tau, "experts": m, "realised sparsity": realised, "domain": benches[seed].domain(row["dataset"]),
-                 "seed": seed} for row in evaluate_experts(experts, benches[seed].test, "SMAT")]
+                 "seed": seed, "split": split} for split in ("test", "val")
+                for row in evaluate_experts(experts, getattr(benches[seed], split), "SMAT")]
 
     units = sorted(((seed, tau, m) for seed in benches for tau, m in points), key=lambda u: (u in already_trained, -u[2]))
     return pd.DataFrame([row for rows in parallel.map_units(point, units, desc="SMAT at (tau, M) x seeds") for row in rows])
