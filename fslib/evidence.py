@@ -357,8 +357,10 @@ def decide(claim: Claim, a: pd.Series | Callable[[], pd.Series], b: pd.Series | 
 
 
 def decide_trend(claim: Claim, table: pd.DataFrame, y: str, x: str, group: str = "dataset", detail: str = "",
-                 resamples: int = 2000, confidence: float = 0.95, seed: int = 0, too_few: str = "refuse") -> Verdict:
-    """Decide a trend claim: Spearman's rho between ``y`` and ``x`` across ``group``s.
+                 resamples: int = 2000, confidence: float = 0.95, seed: int = 0, too_few: str = "refuse",
+                 staging: "Staging | None" = None) -> Verdict:
+    """Decide a trend claim: Spearman's rho between ``y`` and ``x`` across ``group``s; with ``staging`` (a
+    premise's :class:`Staging`, e.g. :func:`trend_staging`) only if the premise held somewhere, else ``not staged``.
 
     ``table`` has one row per (unit, group). When ``x`` is the group itself (a designed sweep: a dial's levels,
     a grid of κ), rho is computed per seed and its t-interval taken over seeds, like a paired claim. A designed
@@ -372,6 +374,8 @@ def decide_trend(claim: Claim, table: pd.DataFrame, y: str, x: str, group: str =
     """
     if too_few not in ("refuse", "record"):
         raise ValueError(f"too_few={too_few!r}; allowed: refuse, record")
+    if staging is not None and not staging.levels:
+        return not_staged(claim, staging)
     _check_units(claim, table[y], y)
     unit = claim.unit
     wide_y = table.pivot_table(index=unit, columns=group, values=y)

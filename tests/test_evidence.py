@@ -170,6 +170,11 @@ def test_a_trend_premise_stages_trend_claims_only_where_it_held():
     flat = evidence.trend_staging(decide_trend(premise, table.assign(P=table.seed * 1.0), "P", "level",
                                                group="level"), "dial")
     assert flat.levels == [] and "all levels: +0.00" in evidence.not_staged(claim(), flat).detail
+    trend = Claim("nb", "M's gain grows along the dial", "Sec. 2", ("gain", "level"), kind="trend")
+    gains = table.assign(gain=table.level * 10 + table.seed)
+    assert decide_trend(trend, gains, "gain", "level", group="level", staging=falls).verdict == "held"
+    skipped = decide_trend(trend, gains, "gain", "level", group="level", staging=flat)
+    assert skipped.verdict == "not staged" and "held at no level of dial" in skipped.detail
     with pytest.raises(ValueError, match="is not a trend premise"):
         evidence.trend_staging(decide(claim(), seeds([1.0, 2.0, 3.0]), seeds([0.0, 0.0, 0.0])), "dial")
 

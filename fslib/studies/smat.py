@@ -129,6 +129,11 @@ def _shared_region(clip: Clip, benches: dict[int, Benchmark], blocks: int | None
     return region
 
 
+def _scored(experts: SparseInterpolatedExperts, bench: Benchmark, split: str, label: str, *finetune) -> list[dict]:
+    """:func:`evaluate_experts` on ``split``'s episodes of ``bench``, each row saying its ``split``."""
+    return [{**row, "split": split} for row in evaluate_experts(experts, getattr(bench, split), label, *finetune)]
+
+
 def _train_and_test_variant(clip: Clip, bench: Benchmark, region: ExpertRegion, label: str, sparsity: float, num_experts: int,
                             seed: int, density: float | None, finetune_steps: int, finetune_lrs: Sequence[float],
                             finetuned_variants: Sequence[str], curve_every: int, meta_options: dict) -> tuple:
@@ -138,13 +143,11 @@ def _train_and_test_variant(clip: Clip, bench: Benchmark, region: ExpertRegion, 
     experts = meta_train(clip, bench.train, mode, num_experts, sparsity, seed=seed, region=region, density=density,
                          monitor=monitor, monitor_every=curve_every, progress=False, **{**meta_options, **overrides})
     curves = [{"variant": label, "tasks": h["tasks"], "domain": d, "accuracy": h[d]} for h in experts.history for d in ("ID", "OOD")]
-    test = lambda rows: [{**row, "split": "test"} for row in rows]
-    val = lambda rows: [{**row, "split": "val"} for row in rows]
-    rows, chosen = test(evaluate_experts(experts, bench.test, label)) + val(evaluate_experts(experts, bench.val, label)), None
+    rows, chosen = [row for split in ("test", "val") for row in _scored(experts, bench, split, label)], None
     if label in finetuned_variants:
-        on_validation = {lr: evaluate_experts(experts, bench.val, label, "full", finetune_steps, lr) for lr in finetune_lrs}
+        on_validation = {lr: _scored(experts, bench, "val", label, "full", finetune_steps, lr) for lr in finetune_lrs}
         chosen = choose_finetune_lr(on_validation)
-        rows += test(evaluate_experts(experts, bench.test, label, "full", finetune_steps, chosen)) + val(on_validation[chosen])
+        rows += _scored(experts, bench, "test", label, "full", finetune_steps, chosen) + on_validation[chosen]
     return rows, experts, chosen, curves
 
 
@@ -209,8 +212,7 @@ def sparsity_tradeoff(clip: Clip, benches: dict[int, Benchmark], points: Sequenc
                                                           progress=False, **meta_options)
         realised = 1 - float(experts.density().mean())
         return [{**row, "tau": tau, "experts": m, "realised sparsity": realised, "domain": benches[seed].domain(row["dataset"]),
-                 "seed": seed, "split": split} for split in ("test", "val")
-                for row in evaluate_experts(experts, getattr(benches[seed], split), "SMAT")]
+                 "seed": seed} for split in ("test", "val") for row in _scored(experts, benches[seed], split, "SMAT")]
 
     units = sorted(((seed, tau, m) for seed in benches for tau, m in points), key=lambda u: (u in already_trained, -u[2]))
     return pd.DataFrame([row for rows in parallel.map_units(point, units, desc="SMAT at (tau, M) x seeds") for row in rows])
