@@ -66,7 +66,7 @@ def test_meta_training_is_a_declared_step(random_clip):
 
 
 class NearestCentroid(Method):
-    """The README's worked example: each class is the mean of its shots' frozen features (Snell et al.,
+    """docs/adding_a_method.md's worked example: each class is the mean of its shots' frozen features (Snell et al.,
     2017, with CLIP's features); a new class, with no shots, falls back to its prompt's text feature."""
 
     name = "nearest centroid"
