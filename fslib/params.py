@@ -269,9 +269,9 @@ CHECKS: dict[str, Check] = dict(
     pretrained_teacher=boolean, finetune_steps=positive_int, finetune_lrs=fraction_list, curve_shots=int_list,
     kappa=non_negative_float, steps=positive_int, views=non_negative_int, lrs=positive_float_list,
     tune_on=dataset_name, ablation_on=dataset_name, ratios=wise_ratios, curve_dataset=dataset_name,
-    few_shot_datasets=dataset_list, base_to_new_datasets=dataset_list, base_to_new_shots=positive_int,
+    datasets_per_protocol=positive_int, base_to_new_shots=positive_int,
     dg_shots=positive_int, episode_id_datasets=dataset_list, episode_ood_datasets=dataset_list,
-    episode_tests=dataset_list, episode_shots=positive_int, episode_queries=positive_int,
+    episode_shots=positive_int, episode_queries=positive_int,
     adapt_epochs=positive_int, dial=dial_name, levels=dial_levels, distance_dial=dial_name,
     distance_levels=dial_levels, shift_dial=dial_name, shift_levels=dial_levels, official_epochs=positive_int,
 )

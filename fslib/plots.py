@@ -32,14 +32,15 @@ def save(fig: plt.Figure, notebook: str, name: str) -> None:
 
 
 def facet_lines(results: "pd.DataFrame", x: str, xlabel: str, facet: str = "dataset", hue: str = "method",
-                value: str = "accuracy", ncols: int = 5, log2_x: bool = False) -> plt.Figure:
-    """One panel per ``facet``, one line per ``hue`` of mean ``value`` vs ``x``; bands are Student-t 95% CIs
-    over the rows of each point (seeds, or seeds x test tasks)."""
+                value: str = "accuracy", ncols: int = 5, log2_x: bool = False,
+                panel_size: tuple[float, float] = (2.8, 2.5)) -> plt.Figure:
+    """One panel per ``facet`` (``panel_size`` inches wide and high), one line per ``hue`` of mean ``value`` vs ``x``;
+    bands are Student-t 95% CIs over the rows of each point (seeds, or seeds x test tasks)."""
     summary = summarise(results, [facet, hue, x], value)
     panels = list(dict.fromkeys(results[facet]))
     nrows = -(-len(panels) // ncols)
     ncols = min(ncols, len(panels))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols, 2.5 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False)
     colours = dict(zip(dict.fromkeys(results[hue]), sns.color_palette()))
     xs = sorted(results[x].unique())
     for ax, panel in zip(axes.flat, panels):

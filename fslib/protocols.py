@@ -117,14 +117,24 @@ def new_class_level_tasks(levels: Mapping[object, str], shots: int, seeds: Seque
         yield Task("base-to-new", first, shots, seed, few_shot(base_train, shots, seed), tests, columns=columns)
 
 
-def domain_shift_tasks(source: str, targets: Sequence[str], shots: int, seeds: Sequence[int],
-                       test_per_class: int | None = None) -> Iterator[Task]:
+def domain_shift_tasks(source: str, targets: Sequence[str] | Mapping[object, str], shots: int, seeds: Sequence[int],
+                       test_per_class: int | None = None, splits: Sequence[str] = ("test",)) -> Iterator[Task]:
     """Fitted on all classes of ``source``; scored on each target's test split with the target's own class
-    names: the same classes in another style (domain shift), or other classes (forgetting)."""
+    names: the same classes in another style (domain shift), or other classes (forgetting). ``targets`` may be a
+    style dial's ``{level: dataset}`` (``sketch_shift``), and ``splits=("val", "test")`` scores the validation
+    split too (where a premise is decided); the rows then carry ``level`` and ``split``, ``part`` the target."""
     train = load_dataset(source, "train")
-    tests = {name: fixed_test_sample(load_dataset(name, "test"), test_per_class) for name in targets}
+    leveled = isinstance(targets, Mapping)
+    labelled = leveled or tuple(splits) != ("test",)
+    tests, columns = {}, {}
+    for split in splits:
+        for level, name in (targets.items() if leveled else ((None, name) for name in targets)):
+            key = f"{name} ({split})" if labelled else name
+            tests[key] = scored_split(name, split, test_per_class)
+            if labelled:
+                columns[key] = {"part": name, "split": split, **({} if level is None else {"level": level})}
     for seed in seeds:
-        yield Task("domain shift", source, shots, seed, few_shot(train, shots, seed), tests)
+        yield Task("domain shift", source, shots, seed, few_shot(train, shots, seed), tests, columns=columns)
 
 
 def episodic_tasks(episodes: Mapping[int, Mapping[str, Sequence[Episode]]], shots: int) -> Iterator[Task]:

@@ -16,12 +16,13 @@ from typing import Any
 
 SCALES = ("paper", "lesson")
 
+_WORLD = ["colors", "shapes", "positions", "color_shapes", "textures", "counting", "shapes_sketch", "shapes_inverted",
+          "novel_shapes", "digits"]  # the embedded world's datasets (fslib.world.suite)
+
 # notebook -> parameter -> {scale: value}, for the parameters whose value depends on the scale
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "00_tour": {
-        "datasets": dict(paper=["colors", "shapes", "positions", "color_shapes", "textures", "counting", "shapes_sketch",
-                                "shapes_inverted", "novel_shapes", "digits"],
-                         lesson=["colors", "counting", "shapes_sketch"]),
+        "datasets": dict(paper=_WORLD, lesson=["colors", "counting", "shapes_sketch"]),
         "shots": dict(paper=[1, 2, 4, 8, 16], lesson=[1, 4, 16]),
     },
     "01_mamf": {
@@ -74,9 +75,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "06_compare": {
         "shots": dict(paper=[2, 8], lesson=[1, 2]),
-        "base_to_new_datasets": dict(paper=["textures", "shapes_sketch"], lesson=["textures"]),
+        # the pool the rule draws each protocol's datasets from: every embedded dataset at both scales
+        "datasets": dict(paper=_WORLD, lesson=_WORLD),
+        # of the datasets in the zero-shot band (fslib.studies.zero_shot.datasets_by_rule), how many each protocol runs
+        "datasets_per_protocol": dict(paper=3, lesson=1),
         "base_to_new_shots": dict(paper=16, lesson=2),
-        "dg_targets": dict(paper=["shapes_sketch", "shapes_inverted"], lesson=["shapes_sketch"]),
+        # test-side: one fit per seed is scored at every level, so the lesson keeps all six
+        "shift_levels": dict(paper=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], lesson=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
         "dg_shots": dict(paper=4, lesson=1),
         "epochs": dict(paper=10, lesson=1),
         "test_per_class": dict(paper=32, lesson=4),
@@ -84,7 +89,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "test_tasks": dict(paper=5, lesson=1),
         "val_tasks": dict(paper=2, lesson=1),
         "adapt_epochs": dict(paper=5, lesson=1),
-        "episode_tests": dict(paper=["textures", "counting", "shapes_sketch"], lesson=["textures"]),
     },
 }
 

@@ -81,3 +81,19 @@ def test_only_methods_with_a_score_in_a_protocol_can_be_its_rival():
                             columns=["protocol", "setting", "method", "seed", "score"])
     assert scored_in(per_seed, "base-to-new", "HM") == ["CoOp"]
     assert scored_in(per_seed, "few-shot", "8 shots") == ["linear probe"]
+
+
+def test_the_dataset_rule_keeps_the_band_and_the_most_room_on_both_sides():
+    from fslib.studies.zero_shot import chosen, datasets_by_rule
+
+    # chance 10 and ROOM 10: the band is [20, 90], its middle 55
+    zero_shot = pd.Series({"a": 50.0, "ceiling": 95.0, "chance": 15.0, "d": 60.0, "e": 85.0})
+    table = datasets_by_rule(zero_shot, 10.0, keep=2)
+    assert table["in band"].to_dict() == {"a": True, "ceiling": False, "chance": False, "d": True, "e": True}
+    assert chosen(table) == ["a", "d"]  # 5 points off the middle each; e is 30 off
+    assert chosen(datasets_by_rule(zero_shot, 10.0, keep=1)) == ["a"]  # a tie: the first listed
+    assert table.loc["a", "band"] == "20.0-90"
+    with pytest.raises(ValueError, match="keep=0"):
+        datasets_by_rule(zero_shot, 10.0, keep=0)
+    with pytest.raises(ValueError, match=r"ceiling 95.0 \(band 20.0-90\)"):
+        chosen(datasets_by_rule(zero_shot[["ceiling"]], 10.0, keep=1))

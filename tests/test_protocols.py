@@ -94,6 +94,19 @@ def test_domain_shift_scores_every_target_with_its_own_classes(random_clip, tmp_
     assert rows.part.tolist() == [source, target] and set(rows.protocol) == {"domain shift"}
 
 
+def test_domain_shift_along_a_style_dial_scores_validation_and_test_at_every_level(random_clip):
+    from fslib.world.dials import DIALS
+
+    levels = DIALS["sketch_shift"].datasets((0.0, 1.0))
+    tasks = list(protocols.domain_shift_tasks("shapes", levels, 1, [1, 2], test_per_class=2, splits=("val", "test")))
+    rows = protocols.run({"zero-shot": lambda seed: ZeroShot(random_clip)}, tasks, progress=False)
+    assert len(rows) == 2 * 2 * 2  # seeds x splits x levels, one fit per seed
+    assert rows.groupby(["split", "level"]).size().eq(2).all()
+    assert set(rows.part) == {"sketch_shift@0", "sketch_shift@1"} and set(rows.dataset) == {"shapes"}
+    test = rows[rows.split == "test"]
+    assert len(test) == 4 and tasks[0].tests["sketch_shift@1 (test)"].num_classes == 12
+
+
 def test_search_ladder_climbs_past_an_edge_until_the_best_is_inside():
     ladder = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
     peak_at = lambda top: (lambda v: -abs(np.log10(v) - np.log10(top)))  # a single peak at ``top``

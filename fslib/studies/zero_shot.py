@@ -1,8 +1,8 @@
-"""Which datasets stage what: zero-shot CLIP's accuracy per dataset (00's difficulty spectrum) and the
-datasets whose new classes can show a loss (04, 05)."""
+"""Which datasets stage what: zero-shot CLIP's accuracy per dataset (00's difficulty spectrum), the
+datasets whose new classes can show a loss (04, 05), and the rule that picks each protocol's datasets (06)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,9 +12,16 @@ from scipy import stats
 
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import evaluate
-from fslib.fewshot import base_new_split
+from fslib.fewshot import Episode, base_new_split
 from fslib.methods.baselines import ZeroShot
 from fslib.models import Clip
+from fslib.protocols import episode_accuracies
+
+# The one rule for the datasets a comparison runs each protocol on: zero-shot accuracy on the validation images
+# of the part the protocol scores must lie ROOM points above chance (a signal for the shots to sharpen) and ROOM
+# points below 100 (something for adaptation to win). At the ceiling every method ties with zero-shot; at chance
+# the class names carry nothing a prompt or an adapter could start from.
+ROOM = 10.0
 
 
 def zero_shot_table(clip: Clip, names: Sequence[str], split: str = "test") -> pd.DataFrame:
@@ -43,6 +50,50 @@ def zero_shot_halves(clip: Clip, names: Sequence[str], split: str = "val") -> pd
         rows.append({"dataset": name, "zero-shot base": zero_shot["base"], "zero-shot new": zero_shot["new"],
                      "new chance": 100 / new.num_classes})
     return pd.DataFrame(rows).set_index("dataset")
+
+
+def zero_shot_episodes(clip: Clip, episodes: Mapping[str, Sequence[Episode]]) -> pd.Series:
+    """Zero-shot accuracy per dataset, averaged over its (validation) episodes: what an episodic protocol
+    scores, at chance 100 / N."""
+    return pd.Series({name: float(np.mean(episode_accuracies(lambda: ZeroShot(clip), per_dataset)))
+                      for name, per_dataset in episodes.items()}, name="zero-shot")
+
+
+def datasets_by_rule(zero_shot: pd.Series, chance: pd.Series | float, keep: int, room: float = ROOM) -> pd.DataFrame:
+    """The rule (:data:`ROOM`) applied to ``zero_shot`` accuracy per dataset (validation, never test) with its
+    ``chance`` level: a dataset is in the band when zero-shot lies in [chance + room, 100 − room], and of those
+    the ``keep`` with the most room on both sides (nearest the band's middle; the first listed on a tie) are
+    chosen, a fixed cap that bounds the comparison's cost. Rows per dataset: ``zero-shot, chance, band, in band,
+    chosen``, in the order given."""
+    if keep < 1:
+        raise ValueError(f"keep={keep} is not allowed; keep at least 1 dataset per protocol")
+    table = pd.DataFrame({"zero-shot": zero_shot, "chance": chance}, index=zero_shot.index)
+    low, high = table.chance + room, 100 - room
+    table["band"] = [f"{lo:.1f}-{high:.0f}" for lo in low]
+    table["in band"] = table["zero-shot"].between(low, high)
+    off_middle = (table["zero-shot"] - (low + high) / 2).abs()
+    chosen = off_middle[table["in band"]].sort_values(kind="stable").index[:keep]
+    table["chosen"] = table.index.isin(chosen)
+    return table.round({"zero-shot": 1, "chance": 1}).rename_axis("dataset")
+
+
+def protocol_datasets(clip: Clip, pool: Sequence[str], keep: int) -> dict[str, pd.DataFrame]:
+    """:func:`datasets_by_rule` over ``pool`` for the few-shot protocol (zero-shot accuracy on all classes of the
+    validation split) and for base-to-new (on its new classes), indexed by the names given."""
+    whole = zero_shot_table(clip, pool, "val").set_axis(list(pool))
+    halves = zero_shot_halves(clip, pool)
+    return {"few-shot": datasets_by_rule(whole.zero_shot, whole.chance, keep),
+            "base-to-new": datasets_by_rule(halves["zero-shot new"], halves["new chance"], keep)}
+
+
+def chosen(table: pd.DataFrame) -> list[str]:
+    """The datasets :func:`datasets_by_rule` chose, in the order given; an error if none lies in the band."""
+    names = list(table.index[table.chosen])
+    if not names:
+        raise ValueError("no dataset leaves zero-shot accuracy the room the rule asks for (fslib.studies.zero_shot."
+                         f"ROOM = {ROOM:g} points from chance and from 100): " + ", ".join(
+                             f"{name} {row['zero-shot']:.1f} (band {row.band})" for name, row in table.iterrows()))
+    return names
 
 
 # -- figures ---------------------------------------------------------------------------------------
