@@ -11,6 +11,10 @@ time on a sample; (2) the encoder alone on random tensors of the transform's out
 the encoder sets the pace; well below 1: give the DataLoader workers); and the process's peak resident
 memory. ``--finetune`` adds a 16-shot CLIP-CITE fine-tune on the folder's training split, whose peak memory
 should not grow with the folder's size. A benchmark, not a test: numbers depend on the machine.
+
+:func:`expected_cost` turns a notebook's counted work (:class:`Stage`: fits, images trained on, images scored)
+into an estimate of its time on the device at hand, from the throughput :func:`throughput` measures there in a
+few seconds: what a ``scale="paper-real"`` run prints before it starts.
 """
 from __future__ import annotations
 
@@ -18,15 +22,19 @@ import argparse
 import json
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
 from fslib.data import ImageDataset, load_dataset
 from fslib.features import encode_images, encode_pixels, loader_workers, pixel_batches
-from fslib.models import load_clip
+from fslib.models import Clip, load_clip
+from fslib.training import autocast
 
 
 def make_jpeg_folder(root: str | Path, images: int, classes: int = 10, size: int = 256, seed: int = 0) -> Path:
@@ -103,6 +111,94 @@ def finetune_memory(model: str, pretrained: str, train: ImageDataset, device: st
     return {"finetune_images": len(support), "finetune_epochs": epochs, "grad_checkpointing": grad_checkpointing,
             "finetune_s": round(method.fit_seconds, 1),
             "peak_rss_after_finetune_mb": round(peak_rss_mb())}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One part of a notebook's run, counted before it runs: ``fits`` models trained, ``trained`` image passes
+    through a trained tower (forward and backward, every epoch of every fit) and ``encoded`` image passes to
+    score (forward only)."""
+
+    name: str
+    fits: int
+    trained: int
+    encoded: int
+
+
+def _image_size(clip: Clip) -> tuple[int, int]:
+    size = clip.model.visual.image_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def throughput(clip: Clip, batch_size: int = 32, repeats: int = 3) -> dict[str, float]:
+    """Images per second on ``clip``'s device, measured on random pixels of its input size: ``train``, a step
+    of a full fine-tune (both towers forward and backward on a batch of image-prompt pairs, under the kit's
+    autocast; no weight changes), and ``encode``, the image tower forward without gradients."""
+    device = clip.device
+    pixels = torch.randn(batch_size, 3, *_image_size(clip), device=device)
+    tokens = clip.tokenizer(["a photo of a thing."] * batch_size).to(device)
+    model, was_training = clip.model, clip.model.training
+
+    def train_step() -> None:
+        with autocast(device):
+            image, text, scale = model(pixels, tokens)[:3]
+            (scale * image @ text.T).logsumexp(-1).mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    def encode_step() -> None:
+        with torch.no_grad(), autocast(device):
+            model.encode_image(pixels)
+
+    def rate(step) -> float:
+        step()  # warm-up: first-call allocations and kernel choices
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return _rate(repeats * batch_size, time.perf_counter() - started)
+
+    try:
+        model.train()
+        train = rate(train_step)
+        model.eval()
+        encode = rate(encode_step)
+    finally:
+        model.train(was_training)
+    return {"train": train, "encode": encode}
+
+
+def dataset_sizes(names: Sequence[str], test_per_class: int | None = None) -> pd.DataFrame:
+    """Per dataset: ``classes``, ``base`` classes (CoOp's first half), ``train`` and ``val`` images and the
+    ``test`` images a protocol scores (its fixed sample of ``test_per_class`` per class; 0 or None: all): what a
+    run's work is counted from (the listings only; no image is decoded)."""
+    from fslib.fewshot import base_new_classes
+    from fslib.protocols import scored_split
+
+    rows = {}
+    for name in names:
+        train = load_dataset(name, "train")
+        rows[name] = {"classes": train.num_classes, "base": len(base_new_classes(train.num_classes)[0]),
+                      "train": len(train), "val": len(load_dataset(name, "val")),
+                      "test": len(scored_split(name, "test", test_per_class))}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def expected_cost(clip: Clip, stages: Sequence[Stage], rates: dict[str, float] | None = None) -> pd.DataFrame:
+    """Per stage and in total: fits, images trained on and scored, and the estimated time on ``clip``'s device
+    at ``rates`` (default: :func:`throughput`, measured now). A floor, not a promise: data loading,
+    augmentation, text encoding and evaluation overheads come on top."""
+    measured = rates is None
+    rates = throughput(clip) if measured else rates
+    rows = [{"stage": s.name, "fits": s.fits, "images trained on": s.trained, "images scored": s.encoded,
+             "estimated hours": (s.trained / rates["train"] + s.encoded / rates["encode"]) / 3600} for s in stages]
+    table = pd.DataFrame(rows).set_index("stage")
+    table.loc["total"] = table.sum()
+    print(f"{clip.name}/{clip.pretrained} on {clip.device}: {rates['train']:.0f} images/s training (both towers), "
+          f"{rates['encode']:.0f} images/s encoding, " + ("measured just now" if measured else "as given"))
+    return table.astype({"fits": int, "images trained on": int, "images scored": int}).round({"estimated hours": 2})
 
 
 def main() -> None:

@@ -312,6 +312,20 @@ def check_own_data(values: dict[str, Any], checks: dict[str, Check]) -> None:
                 f"train/val/test, so a class needs at least {2 * max(shot_counts)} images (or lower the shots)")
 
 
+def _refuse_embedded(model: Any, pretrained: Any) -> None:
+    """``scale="paper-real"`` is the paper's protocol for real CLIP: the embedded model or random weights would
+    spend a GPU's hours on numbers no paper reports."""
+    from fslib.models import EMBEDDED_MODEL, EMBEDDED_PRETRAINED, RANDOM_INIT
+
+    if model == EMBEDDED_MODEL or pretrained in (EMBEDDED_PRETRAINED, RANDOM_INIT):
+        what = "the kit's embedded model" if model == EMBEDDED_MODEL else "random weights"
+        raise ValueError(
+            f"scale={scales.REAL_SCALE!r} runs the paper's protocol on real CLIP, but model={model!r}, "
+            f"pretrained={pretrained!r} is {what}; "
+            "give a real one, e.g. -p model ViT-B-16 -p pretrained openai -p device cuda (or -p pretrained "
+            "/path/to/checkpoint.pt), or run scale='paper' on the embedded world")
+
+
 def validate(namespace: dict[str, Any], notebook: str) -> SimpleNamespace:
     """Check ``notebook``'s parameters in ``namespace`` (its ``globals()``) and resolve its scale.
 
@@ -330,6 +344,8 @@ def validate(namespace: dict[str, Any], notebook: str) -> SimpleNamespace:
         raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))}; {notebook}'s parameters: {known}")
     chosen_scale = scale("scale", given.get("scale") or os.environ.get("FSLIB_SCALE") or "paper")
     preset = scales.preset(notebook, chosen_scale)
+    if chosen_scale == scales.REAL_SCALE:
+        _refuse_embedded(given.get("model"), given.get("pretrained"))
     explicit = sorted(k for k, v in given.items() if v is not None and k in preset)
     values = {}
     for name, value in given.items():

@@ -6,12 +6,21 @@ Each record is one printed number with where it is printed and under which proto
 computed or re-derived. A paper's own conventions travel with its numbers (``protocol``): APEX averages the
 harmonic mean as the mean of the per-dataset HMs, CoCoOp and CLIP-CITE as the HM of the mean base and new
 accuracies, and the averages are over different numbers of seeds.
+
+:func:`beside_run` puts a run's base, new and HM averages beside a table's, by that table's HM convention: with the
+difference where the run matches the table's protocol (:data:`PROTOCOLS`: backbone, weights, datasets, shots),
+as context otherwise.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import pandas as pd
+
+from fslib.evaluation import harmonic_mean_by_seed, mean_ci, mean_of_harmonic_means_by_seed
+from fslib.scales import COOP_DATASETS
 
 
 @dataclass(frozen=True)
@@ -95,3 +104,71 @@ def averages_table(paper: str, source: str) -> pd.DataFrame:
     """``paper``'s base / new / HM averages of ``source`` as printed, one row per method."""
     table = reported(paper, source).pivot_table(index="method", columns="metric", values="value", sort=False)
     return table[["base", "new", "HM"]]
+
+
+HM_OF_MEANS = "HM of the mean base and new accuracies"
+MEAN_OF_HMS = "mean of the per-dataset HMs"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What a run must share with a printed table for its numbers to be held against the table's."""
+
+    model: str
+    pretrained: str
+    datasets: tuple[str, ...]
+    shots: int
+    hm: str  # the table's average-HM convention: HM_OF_MEANS or MEAN_OF_HMS
+
+
+PROTOCOLS: dict[tuple[str, str], Protocol] = {
+    ("APEX", "Table 2"): Protocol("ViT-B-16", "openai", COOP_DATASETS, 16, MEAN_OF_HMS),
+    ("CLIP-CITE", "Table 1"): Protocol("ViT-B-16", "openai", COOP_DATASETS, 16, HM_OF_MEANS),
+}
+
+
+def mismatches(paper: str, source: str, model: str, pretrained: str, datasets: Sequence[str], shots: int) -> list[str]:
+    """How a run differs from the protocol of ``paper``'s ``source`` table (empty: it matches); a dataset counts by
+    its name, or a folder by its own name (``/data/imagenet``: ``imagenet``)."""
+    protocol = PROTOCOLS[(paper, source)]
+    ran = sorted({Path(name).name.lower() for name in datasets})
+    return [f"{what} {got!r}, the paper's {want!r}" for what, got, want in (
+        ("model", model, protocol.model), ("pretrained", pretrained, protocol.pretrained),
+        ("datasets", ran, sorted(protocol.datasets)), ("shots", shots, protocol.shots)) if got != want]
+
+
+def run_averages(results: pd.DataFrame, hm: str) -> pd.DataFrame:
+    """Per (method, seed): base and new accuracy averaged over datasets, and the HM by convention ``hm``
+    (``results``: base-to-new rows ``method, seed, dataset, part, accuracy``)."""
+    table = harmonic_mean_by_seed(results)
+    if hm == MEAN_OF_HMS:
+        table["HM"] = [mean_of_harmonic_means_by_seed(results, method).loc[seed]
+                       for method, seed in zip(table.method, table.seed)]
+    elif hm != HM_OF_MEANS:
+        raise ValueError(f"hm={hm!r}; allowed: {HM_OF_MEANS!r}, {MEAN_OF_HMS!r}")
+    return table
+
+
+def beside_run(paper: str, source: str, results: pd.DataFrame, methods: Mapping[str, str], model: str,
+               pretrained: str, shots: int) -> pd.DataFrame:
+    """``paper``'s base / new / HM averages of ``source`` beside this run's (``methods``: the run's method name
+    -> the paper's row), each run number the mean over seeds with its 95% CI, averaged by the table's own HM
+    convention. Where the run matches the table's protocol the last column is run − paper; otherwise it says
+    what differs, and the paper's numbers are context from another protocol, not a target."""
+    printed = averages_table(paper, source)
+    protocol = PROTOCOLS[(paper, source)]
+    differs = mismatches(paper, source, model, pretrained, results.dataset.unique(), shots)
+    per_seed = run_averages(results[results.method.isin(list(methods))], protocol.hm)
+    rows = []
+    for method, row in methods.items():
+        seeds = per_seed[per_seed.method == method]
+        for metric in ("base", "new", "HM"):
+            ci = mean_ci(seeds[metric].tolist())
+            rows.append({"method": f"{method} (paper: {row})", "metric": metric, "paper": printed.loc[row, metric],
+                         "this run": str(ci),
+                         "run − paper": f"{ci.mean - printed.loc[row, metric]:+.1f}" if not differs else "context"})
+    table = pd.DataFrame(rows).set_index(["method", "metric"])
+    verdict = ("matches its protocol" if not differs
+               else "does not match its protocol (" + "; ".join(differs) + "): the paper's numbers are context")
+    print(f"{paper}, {source}; average HM as the {protocol.hm}. This run {verdict}.")
+    return table

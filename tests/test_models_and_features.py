@@ -170,6 +170,20 @@ def test_benchmark_reports_every_stage_on_a_jpeg_folder(tmp_path):
     assert lowest <= result["end_to_end_over_encoder"] <= highest
 
 
+def test_expected_cost_counts_the_work_and_times_it_at_the_device_s_throughput(random_clip, tmp_path):
+    from fslib.bench import Stage, dataset_sizes, expected_cost, make_jpeg_folder, throughput
+    rates = throughput(random_clip, batch_size=2, repeats=1)
+    assert rates["train"] > 0 and rates["encode"] > 0
+    assert all(not p.grad_fn and p.grad is None for p in random_clip.model.parameters())  # nothing left behind
+    # 3,600 images trained on at 2/s and 7,200 scored at 4/s: half an hour each
+    table = expected_cost(random_clip, [Stage("fit", 2, 3600, 0), Stage("score", 0, 0, 7200)],
+                          rates={"train": 2.0, "encode": 4.0})
+    assert table["estimated hours"].tolist() == [0.5, 0.5, 1.0] and table.loc["total", "fits"] == 2
+    make_jpeg_folder(tmp_path / "jpegs", images=40, classes=4, size=32)
+    sizes = dataset_sizes([str(tmp_path / "jpegs")], test_per_class=2)
+    assert sizes.iloc[0].to_dict() == {"classes": 4, "base": 2, "train": 20, "val": 8, "test": 8}
+
+
 def test_scoring_a_tower_honours_the_precision_and_takes_the_cosines_in_fp32(random_clip):
     from fslib.features import preprocess_images
     from fslib.models import prompt_logits_cpu

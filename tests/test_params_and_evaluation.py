@@ -16,7 +16,7 @@ GOOD = dict(model="fslib-tiny-vit", pretrained="embedded", datasets=["shapes", "
 def test_valid_parameters_pass_through(monkeypatch):
     monkeypatch.delenv("FSLIB_SCALE", raising=False)
     p = params.validate({**GOOD, "params": params, "_hidden": 1, "NOTEBOOK": "02_apex"}, "02_apex")
-    assert p.shots == 4 and p.datasets == ["shapes", "counting"] and p.scale == "paper" and p.given == ["datasets", "shots"]
+    assert p.shots == 4 and p.datasets == ["shapes", "counting"] and p.scale == "paper" and p.given == ["datasets", "seeds", "shots"]
 
 
 def test_parameters_left_at_none_take_the_scale_s_value_and_explicit_ones_win(monkeypatch):
@@ -30,16 +30,41 @@ def test_parameters_left_at_none_take_the_scale_s_value_and_explicit_ones_win(mo
     assert params.validate({**GOOD, "scale": "paper", "epochs": None}, "02_apex").epochs == 10
     with pytest.raises(ValueError, match="kappa=None is not allowed: 02_apex has no scale value for it"):
         params.validate({**GOOD, "kappa": None}, "02_apex")
-    with pytest.raises(ValueError, match="scale='huge' is not allowed; allowed: 'paper', 'lesson'"):
+    with pytest.raises(ValueError, match="scale='huge' is not allowed; allowed: 'paper', 'lesson', 'paper-real'"):
         params.validate({**GOOD, "scale": "huge"}, "02_apex")
 
 
 def test_every_scaled_parameter_has_a_value_at_every_scale_that_passes_its_check():
-    from fslib.scales import PRESETS, SCALES, preset
+    from fslib.scales import NOT_REAL, PRESETS, REAL, preset
+    real_clip = {"model": "ViT-B-16", "pretrained": "openai"}  # a tag is checked by name, nothing is loaded
     for notebook, table in PRESETS.items():
-        assert all(set(values) == set(SCALES) for values in table.values()), notebook
-        for scale in SCALES:
+        assert all(set(values) == {"paper", "lesson"} for values in table.values()), notebook
+        for scale in ("paper", "lesson"):
             params.validate({**preset(notebook, scale), "scale": scale}, notebook)
+        if notebook in REAL:  # the real preset changes scaled parameters only, so an explicit value still wins
+            assert set(REAL[notebook]) <= set(table), notebook
+            params.validate({**preset(notebook, "paper-real"), **real_clip, "scale": "paper-real"}, notebook)
+        else:
+            assert notebook in NOT_REAL, notebook
+
+
+def test_the_real_preset_is_the_paper_s_protocol_and_refuses_the_embedded_model(monkeypatch):
+    monkeypatch.delenv("FSLIB_SCALE", raising=False)
+    from fslib.scales import COOP_BY_NAME
+    cells = {"scale": "paper-real", "model": "ViT-B-16", "pretrained": "openai", "datasets": None, "shots": None,
+             "epochs": None, "seeds": None, "test_per_class": None}
+    apex = params.validate(cells, "02_apex")
+    assert (apex.shots, apex.epochs, apex.seeds, apex.test_per_class) == (16, 15, list(range(1, 21)), 0)
+    assert apex.datasets == COOP_BY_NAME and "imagenet" not in apex.datasets
+    assert params.validate({**cells, "seeds": [1, 2]}, "02_apex").seeds == [1, 2]  # an explicit value wins
+    with pytest.raises(ValueError, match="scale='paper-real' runs the paper's protocol on real CLIP, but "
+                                         "model='fslib-tiny-vit', pretrained='embedded' is the kit's embedded model"):
+        params.validate({**cells, "model": "fslib-tiny-vit", "pretrained": "embedded"}, "02_apex")
+    with pytest.raises(ValueError, match="pretrained='none' is random weights"):
+        params.validate({**cells, "pretrained": "none"}, "02_apex")
+    with pytest.raises(ValueError, match="scale='paper-real' is not available for 03_smat: its meta-training "
+                                         "domains .* It is available for 00_tour, 02_apex, 04_llu, 05_clip_cite"):
+        params.validate({"scale": "paper-real", "model": "ViT-B-16", "pretrained": "openai"}, "03_smat")
 
 
 @pytest.mark.parametrize("name, value, message", [

@@ -1,8 +1,10 @@
 """fslib.reference holds the papers' printed numbers with their conventions; checked against the tables."""
+import pandas as pd
 import pytest
 
 from fslib import reference
 from fslib.evaluation import harmonic_mean
+from fslib.scales import COOP_DATASETS
 
 
 def test_apex_table_2_averages_are_as_printed_and_their_hm_is_the_mean_of_per_dataset_hms():
@@ -40,3 +42,36 @@ def test_smat_and_clip_cite_dg_tables_hold_the_printed_averages():
 def test_an_unknown_paper_is_named_with_the_ones_that_exist():
     with pytest.raises(ValueError, match="no reported numbers for paper='MAMF', source=None; papers: APEX, CLIP-CITE, SMAT"):
         reference.reported("MAMF")
+
+
+def _base_to_new_rows(datasets, accuracies) -> pd.DataFrame:
+    """Rows of a base-to-new run: ``accuracies[method][seed] = [(base, new) per dataset]``."""
+    return pd.DataFrame([{"method": method, "seed": seed, "dataset": name, "part": part, "accuracy": value}
+                         for method, by_seed in accuracies.items() for seed, pairs in by_seed.items()
+                         for name, pair in zip(datasets, pairs) for part, value in zip(("base", "new"), pair)])
+
+
+def test_a_run_beside_the_paper_by_the_table_s_own_hm_convention(capsys):
+    two = ["dtd", "eurosat"]
+    # per seed: dataset 1 (80, 40), dataset 2 (60, 60): HM of the means = HM(70, 50) = 58.33;
+    # mean of the per-dataset HMs = (53.33 + 60) / 2 = 56.67
+    rows = _base_to_new_rows(two, {m: {1: [(80, 40), (60, 60)], 2: [(80, 40), (60, 60)]}
+                                   for m in ("zero-shot", "mine")})
+    cite = reference.beside_run("CLIP-CITE", "Table 1", rows, {"zero-shot": "CLIP (zero-shot)", "mine": "CLIP-CITE"},
+                                "ViT-B-32", "/tmp/random.pt", 2)
+    assert cite.loc[("mine (paper: CLIP-CITE)", "HM"), "this run"] == "58.3 ± 0.0"
+    assert cite.loc[("mine (paper: CLIP-CITE)", "HM"), "paper"] == 81.06
+    assert (cite["run − paper"] == "context").all() and not cite.isna().any().any()
+    assert "does not match its protocol (model 'ViT-B-32', the paper's 'ViT-B-16'" in capsys.readouterr().out
+    apex = reference.beside_run("APEX", "Table 2", rows, {"mine": "APEX"}, "ViT-B-16", "openai", 16)
+    assert apex.loc[("mine (paper: APEX)", "HM"), "this run"] == "56.7 ± 0.0"
+    assert apex.loc[("mine (paper: APEX)", "base"), "this run"] == "70.0 ± 0.0"
+
+
+def test_a_run_on_the_paper_s_protocol_shows_its_difference_from_the_paper():
+    rows = _base_to_new_rows(COOP_DATASETS, {"mine": {1: [(84, 76)] * 11, 2: [(86, 78)] * 11}})
+    table = reference.beside_run("CLIP-CITE", "Table 1", rows, {"mine": "CLIP-CITE"}, "ViT-B-16", "openai", 16)
+    assert table.loc[("mine (paper: CLIP-CITE)", "base"), "run − paper"] == f"{85.0 - 85.48:+.1f}"
+    assert reference.mismatches("APEX", "Table 2", "ViT-B-16", "openai", [d.upper() for d in COOP_DATASETS], 16) == []
+    assert reference.mismatches("APEX", "Table 2", "ViT-B-16", "openai", COOP_DATASETS, 4) == [
+        "shots 4, the paper's 16"]

@@ -8,6 +8,7 @@ of VPT+TA's fit (:class:`~fslib.methods.apex.Ensemble`), so they score the same 
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -16,6 +17,7 @@ import pandas as pd
 import seaborn as sns
 from sklearn.metrics import precision_score
 
+from fslib.bench import Stage, dataset_sizes
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import summarise
 from fslib.fewshot import base_new_split
@@ -201,3 +203,29 @@ def transfer_bars(transfer: pd.DataFrame,
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# the families whose prompts go through the image tower (forward and backward every step): VPT and VPT+TA;
+# CoOp, TPT and TA train through the text tower or on cached features, and are left out of the count
+IMAGE_TOWER_FAMILIES = 2
+FAMILIES = 6  # zero-shot, CoOp, TPT, VPT, TA, VPT+TA: each scores every image of its dataset once per seed
+LADDER_TRIES = 4  # values a ladder search usually tries (3 at least; one more past an edge)
+
+
+def planned_work(P: SimpleNamespace) -> list[Stage]:
+    """02's work at parameters ``P`` with named ``datasets`` (:func:`fslib.bench.expected_cost`): the families'
+    LR search (first seed, one dataset), their base-to-new fits, and the embedded world's class-distance dial and
+    domain shift, run on the same model."""
+    sizes = dataset_sizes(P.datasets, P.test_per_class)
+    embedded = dataset_sizes([*P.dg_targets, P.dg_source], P.test_per_class)
+    seeds, per_fit = len(P.seeds), P.shots * sizes.base * P.epochs
+    searched = IMAGE_TOWER_FAMILIES * LADDER_TRIES
+    return [
+        Stage("choosing the LRs (first seed, one dataset)", searched, int(searched * per_fit.max()),
+              int(searched * sizes.val.max() // 2)),
+        Stage("base-to-new: the families", IMAGE_TOWER_FAMILIES * seeds * len(sizes),
+              int(IMAGE_TOWER_FAMILIES * seeds * per_fit.sum()),
+              int(FAMILIES * seeds * (sizes.val + sizes.test).sum())),
+        Stage("class-distance dial and domain shift (embedded images)", 2 * seeds,
+              int(2 * seeds * P.shots * embedded.classes.max() * P.epochs), int(2 * seeds * embedded.test.sum())),
+    ]

@@ -2,13 +2,18 @@
 al., 2024, Eq. 7, Fig. 5) serves several arms of the comparison."""
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from fslib.bench import Stage, dataset_sizes
 from fslib.evaluation import harmonic_mean_by_seed, summarise
+
+LADDER_TRIES = 4  # values a ladder search usually tries (3 at least; one more past an edge)
+ABLATION_ROWS = 6  # Table 4 and Fig. 4's variants: DVA, SCL, DVA+SCL, DVA+VLD, FrozenTC, FrozenTE
 
 
 def at_ratio(results: pd.DataFrame, rows: dict[str, tuple[str, float]]) -> pd.DataFrame:
@@ -41,3 +46,27 @@ def ablation_bars(ablation: pd.DataFrame, title: str = "loss ablation (95% CI ov
     ax.legend(ncols=3, fontsize=8, loc="upper center")
     fig.tight_layout()
     return fig
+
+
+def planned_work(P: SimpleNamespace) -> list[Stage]:
+    """05's work at parameters ``P`` with named ``datasets``, counted before it runs (:func:`fslib.bench.expected_cost`):
+    the two tower-training arms' LR search, their base-to-new fits scored along the interpolation path, the loss
+    ablation (at one dataset: the largest, an upper bound) and the few-shot curve. The rivals on cached features
+    cost seconds and are left out."""
+    sizes = dataset_sizes(P.datasets, P.test_per_class)
+    curve = dataset_sizes([P.curve_dataset], P.test_per_class).iloc[0]
+    seeds, epochs = len(P.seeds), P.epochs
+    per_fit = P.shots * sizes.base * epochs  # image passes of one fit on each dataset
+    scored = sizes.val + sizes.test
+    searched = 2 * LADDER_TRIES
+    return [
+        Stage("choosing the LRs (first seed, one dataset)", searched, int(searched * per_fit.max()),
+              int(searched * sizes.val.max() // 2)),
+        Stage("base-to-new: fine-tuning, CLIP-CITE", 2 * seeds * len(sizes), int(2 * seeds * per_fit.sum()),
+              int(seeds * scored.sum() * (1 + len(P.ratios)) + scored.sum())),
+        Stage("loss ablation (one dataset)", ABLATION_ROWS * seeds, int(ABLATION_ROWS * seeds * per_fit.max()),
+              int(ABLATION_ROWS * seeds * sizes.test.max())),
+        Stage(f"few-shot curve ({P.curve_dataset})", 2 * seeds * len(P.curve_shots),
+              int(2 * seeds * sum(P.curve_shots) * curve.classes * epochs),
+              int(3 * seeds * len(P.curve_shots) * curve.test)),
+    ]

@@ -1,6 +1,7 @@
 """04_llu's analyses beside the shared protocols: how local LLU's update really is (Ibing, Lim, Kobbelt, 2022, §3)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -8,6 +9,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from fslib.bench import Stage, dataset_sizes
 from fslib.data import load_dataset
 from fslib.evaluation import summarise
 from fslib.evidence import level_name
@@ -78,3 +80,14 @@ def update_fields(fields: dict) -> plt.Figure:
     np.atleast_1d(axes)[0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+def planned_work(P: SimpleNamespace) -> list[Stage]:
+    """04's work at parameters ``P`` with named ``datasets`` (:func:`fslib.bench.expected_cost`): LLU and its rivals
+    train on cached features, so the cost is encoding: ``views`` augmented crops of every shot per seed, and each
+    dataset's validation and test images once. The fits (seconds each on features) and CoOp's prompt steps
+    through the text tower are left out."""
+    sizes = dataset_sizes(P.datasets, None)
+    crops = len(P.seeds) * max(P.views, 1) * P.shots * sizes.base
+    return [Stage("encoding: augmented shots, validation and test images", 0, 0,
+                  int((crops + sizes.val + sizes.test).sum()))]

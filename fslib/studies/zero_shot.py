@@ -2,6 +2,7 @@
 datasets whose new classes can show a loss (04, 05), and the rule that picks each protocol's datasets (06)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -10,6 +11,7 @@ import pandas as pd
 import seaborn as sns
 from scipy import stats
 
+from fslib.bench import Stage, dataset_sizes
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import evaluate
 from fslib.fewshot import Episode, base_new_split
@@ -94,6 +96,13 @@ def chosen(table: pd.DataFrame) -> list[str]:
                          f"ROOM = {ROOM:g} points from chance and from 100): " + ", ".join(
                              f"{name} {row['zero-shot']:.1f} (band {row.band})" for name, row in table.iterrows()))
     return names
+
+
+def planned_work(P: SimpleNamespace) -> list[Stage]:
+    """00's work at parameters ``P`` (:func:`fslib.bench.expected_cost`): zero-shot and a linear probe on frozen
+    features, so every training and test image is encoded once; the probes' fits take seconds."""
+    sizes = dataset_sizes(P.datasets, None)
+    return [Stage("encoding: training and test images", 0, 0, int((sizes.train + sizes.test).sum()))]
 
 
 # -- figures ---------------------------------------------------------------------------------------
