@@ -278,7 +278,8 @@ CHECKS: dict[str, Check] = dict(
 # Where a notebook gives a name another shape (a list of shot counts for a curve, a list of task sizes).
 NOTEBOOK_CHECKS: dict[str, dict[str, Check]] = {
     "00_tour": dict(shots=int_list),
-    "06_compare": dict(shots=int_list),
+    # None: the level of the shift dial the dataset rule picks
+    "06_compare": dict(shots=int_list, dg_source=optional(dataset_name)),
     # instead of the dial's levels, named datasets (real data): each decided on its own
     "04_llu": dict(datasets=optional(dataset_list)),
     "05_clip_cite": dict(datasets=optional(dataset_list)),

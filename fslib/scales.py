@@ -87,6 +87,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # of the datasets in the zero-shot band (fslib.studies.zero_shot.datasets_by_rule), how many each protocol runs
         "datasets_per_protocol": dict(paper=3, lesson=1),
         "base_to_new_shots": dict(paper=16, lesson=2),
+        "dg_source": dict(paper=None, lesson=None),  # None: the shift dial's level the dataset rule picks
         # test-side: one fit per seed is scored at every level, so the lesson keeps all six
         "shift_levels": dict(paper=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], lesson=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
         "dg_shots": dict(paper=4, lesson=1),

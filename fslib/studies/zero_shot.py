@@ -79,13 +79,20 @@ def datasets_by_rule(zero_shot: pd.Series, chance: pd.Series | float, keep: int,
     return table.round({"zero-shot": 1, "chance": 1}).rename_axis("dataset")
 
 
-def protocol_datasets(clip: Clip, pool: Sequence[str], keep: int) -> dict[str, pd.DataFrame]:
+def protocol_datasets(clip: Clip, pool: Sequence[str], keep: int,
+                      shift_levels: Sequence[str] = ()) -> dict[str, pd.DataFrame]:
     """:func:`datasets_by_rule` over ``pool`` for the few-shot protocol (zero-shot accuracy on all classes of the
-    validation split) and for base-to-new (on its new classes), indexed by the names given."""
+    validation split) and for base-to-new (on its new classes), indexed by the names given; with a style dial's
+    ``shift_levels``, also the one level domain shift fits on (all classes: the source must leave adaptation
+    something to win, as ImageNet leaves CLIP in CLIP-CITE's DG protocol)."""
     whole = zero_shot_table(clip, pool, "val").set_axis(list(pool))
     halves = zero_shot_halves(clip, pool)
-    return {"few-shot": datasets_by_rule(whole.zero_shot, whole.chance, keep),
-            "base-to-new": datasets_by_rule(halves["zero-shot new"], halves["new chance"], keep)}
+    tables = {"few-shot": datasets_by_rule(whole.zero_shot, whole.chance, keep),
+              "base-to-new": datasets_by_rule(halves["zero-shot new"], halves["new chance"], keep)}
+    if shift_levels:
+        levels = zero_shot_table(clip, shift_levels, "val").set_axis(list(shift_levels))
+        tables["domain shift"] = datasets_by_rule(levels.zero_shot, levels.chance, 1)
+    return tables
 
 
 def chosen(table: pd.DataFrame) -> list[str]:
