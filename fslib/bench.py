@@ -130,10 +130,10 @@ def _image_size(clip: Clip) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def throughput(clip: Clip, batch_size: int = 32, repeats: int = 3) -> dict[str, float]:
-    """Images per second on ``clip``'s device, measured on random pixels of its input size: ``train``, a step
-    of a full fine-tune (both towers forward and backward on a batch of image-prompt pairs, under the kit's
-    autocast; no weight changes), and ``encode``, the image tower forward without gradients."""
+def throughput(clip: Clip, batch_size: int = 32, repeats: int = 3, train: bool = True) -> dict[str, float]:
+    """Images per second on ``clip``'s device, measured on random pixels of its input size: ``encode``, the image
+    tower forward without gradients, and (with ``train``) ``train``, a step of a full fine-tune (both towers
+    forward and backward on a batch of image-prompt pairs, under the kit's autocast; no weight changes)."""
     device = clip.device
     pixels = torch.randn(batch_size, 3, *_image_size(clip), device=device)
     tokens = clip.tokenizer(["a photo of a thing."] * batch_size).to(device)
@@ -160,14 +160,16 @@ def throughput(clip: Clip, batch_size: int = 32, repeats: int = 3) -> dict[str, 
             torch.cuda.synchronize(device)
         return _rate(repeats * batch_size, time.perf_counter() - started)
 
+    rates = {}
     try:
-        model.train()
-        train = rate(train_step)
+        if train:
+            model.train()
+            rates["train"] = rate(train_step)
         model.eval()
-        encode = rate(encode_step)
+        rates["encode"] = rate(encode_step)
     finally:
         model.train(was_training)
-    return {"train": train, "encode": encode}
+    return rates
 
 
 def dataset_sizes(names: Sequence[str], test_per_class: int | None = None) -> pd.DataFrame:
@@ -188,16 +190,19 @@ def dataset_sizes(names: Sequence[str], test_per_class: int | None = None) -> pd
 
 def expected_cost(clip: Clip, stages: Sequence[Stage], rates: dict[str, float] | None = None) -> pd.DataFrame:
     """Per stage and in total: fits, images trained on and scored, and the estimated time on ``clip``'s device
-    at ``rates`` (default: :func:`throughput`, measured now). A floor, not a promise: data loading,
-    augmentation, text encoding and evaluation overheads come on top."""
-    measured = rates is None
-    rates = throughput(clip) if measured else rates
+    at ``rates`` (default: :func:`throughput`, measured now; training only if a stage trains). A floor, not a
+    promise: data loading, augmentation, text encoding and evaluation overheads come on top."""
+    measured, trains = rates is None, any(s.trained for s in stages)
+    rates = throughput(clip, train=trains) if measured else rates
+    hours = lambda s: ((s.trained / rates["train"] if s.trained else 0.0) + s.encoded / rates["encode"]) / 3600
     rows = [{"stage": s.name, "fits": s.fits, "images trained on": s.trained, "images scored": s.encoded,
-             "estimated hours": (s.trained / rates["train"] + s.encoded / rates["encode"]) / 3600} for s in stages]
+             "estimated hours": hours(s)} for s in stages]
     table = pd.DataFrame(rows).set_index("stage")
     table.loc["total"] = table.sum()
-    print(f"{clip.name}/{clip.pretrained} on {clip.device}: {rates['train']:.0f} images/s training (both towers), "
-          f"{rates['encode']:.0f} images/s encoding, " + ("measured just now" if measured else "as given"))
+    speeds = ([f"{rates['train']:.0f} images/s training (both towers)"] if trains else []) + [
+        f"{rates['encode']:.0f} images/s encoding"]
+    print(f"{clip.name}/{clip.pretrained} on {clip.device}: {', '.join(speeds)}, "
+          + ("measured just now" if measured else "as given"))
     return table.astype({"fits": int, "images trained on": int, "images scored": int}).round({"estimated hours": 2})
 
 

@@ -174,11 +174,14 @@ def test_expected_cost_counts_the_work_and_times_it_at_the_device_s_throughput(r
     from fslib.bench import Stage, dataset_sizes, expected_cost, make_jpeg_folder, throughput
     rates = throughput(random_clip, batch_size=2, repeats=1)
     assert rates["train"] > 0 and rates["encode"] > 0
+    assert set(throughput(random_clip, batch_size=2, repeats=1, train=False)) == {"encode"}
     assert all(not p.grad_fn and p.grad is None for p in random_clip.model.parameters())  # nothing left behind
     # 3,600 images trained on at 2/s and 7,200 scored at 4/s: half an hour each
     table = expected_cost(random_clip, [Stage("fit", 2, 3600, 0), Stage("score", 0, 0, 7200)],
                           rates={"train": 2.0, "encode": 4.0})
     assert table["estimated hours"].tolist() == [0.5, 0.5, 1.0] and table.loc["total", "fits"] == 2
+    scoring_only = expected_cost(random_clip, [Stage("score", 0, 0, 7200)], rates={"encode": 4.0})
+    assert scoring_only["estimated hours"].tolist() == [0.5, 0.5]
     make_jpeg_folder(tmp_path / "jpegs", images=40, classes=4, size=32)
     sizes = dataset_sizes([str(tmp_path / "jpegs")], test_per_class=2)
     assert sizes.iloc[0].to_dict() == {"classes": 4, "base": 2, "train": 20, "val": 8, "test": 8}

@@ -1,37 +1,56 @@
 """``scale="paper-real"`` end to end where no real weights or datasets can be fetched: a randomly initialised
-ViT-B-32 saved as a local checkpoint and a small image folder in the CoOp layout stand in for them. 05 (the
-cheapest notebook that prints a paper's numbers) must validate the preset, print its expected cost, and render the
-paper-beside-run table, with no NaN in either."""
+ViT-B-32 saved as a local checkpoint and a small image folder in the CoOp layout stand in for them. The notebooks
+must validate the preset and print their expected cost; 05 (the cheapest notebook that prints a paper's numbers)
+must render the paper-beside-run table; nothing may be NaN."""
 import json
 
 import open_clip
 import papermill
+import pytest
 import torch
 
 from fslib.bench import make_jpeg_folder
 from fslib.paths import checkout_dir
 
 
-def _outputs(cell: dict) -> str:
+@pytest.fixture(scope="module")
+def real_stand_ins(tmp_path_factory):
+    """(a random ViT-B-32 checkpoint, a 4-class JPEG folder cut 50/20/30 into train/val/test)."""
+    root = tmp_path_factory.mktemp("real")
+    torch.manual_seed(0)
+    checkpoint = root / "vit_b_32.pt"
+    torch.save(open_clip.create_model("ViT-B-32").state_dict(), checkpoint)
+    return str(checkpoint), str(make_jpeg_folder(root / "coop_like", images=40, classes=4, size=64))
+
+
+def _run(notebook: str, out, **parameters) -> list[dict]:
+    notebooks = checkout_dir() / "notebooks"
+    papermill.execute_notebook(str(notebooks / notebook), str(out), cwd=str(notebooks), progress_bar=False,
+                               parameters=dict(scale="paper-real", model="ViT-B-32", **parameters))
+    return json.loads(out.read_text())["cells"]
+
+
+def _outputs(cells: list[dict], code: str) -> str:
+    cell = next(c for c in cells if code in "".join(c["source"]))
     return "".join("".join(o.get("text") or o.get("data", {}).get("text/plain", "")) for o in cell.get("outputs", []))
 
 
-def test_05_runs_the_real_preset_on_a_random_vit_b_32_checkpoint_and_a_jpeg_folder(tmp_path):
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "vit_b_32.pt"
-    torch.save(open_clip.create_model("ViT-B-32").state_dict(), checkpoint)
-    folder = str(make_jpeg_folder(tmp_path / "coop_like", images=40, classes=4, size=64))
-    notebooks = checkout_dir() / "notebooks"
-    out = tmp_path / "05_real.ipynb"
-    papermill.execute_notebook(
-        str(notebooks / "05_clip_cite.ipynb"), str(out), cwd=str(notebooks), progress_bar=False,
-        parameters=dict(scale="paper-real", model="ViT-B-32", pretrained=str(checkpoint), datasets=folder,
-                        curve_dataset=folder, shots=2, epochs=1, seeds=[1, 2], curve_shots=[1], test_per_class=2,
-                        steps=2, views=1))
-    cells = json.loads(out.read_text())["cells"]
-    cost = _outputs(next(c for c in cells if "bench.expected_cost" in "".join(c["source"])))
+def test_05_runs_the_real_preset_and_puts_the_run_beside_the_paper(real_stand_ins, tmp_path):
+    checkpoint, folder = real_stand_ins
+    cells = _run("05_clip_cite.ipynb", tmp_path / "05.ipynb", pretrained=checkpoint, datasets=folder,
+                 curve_dataset=folder, shots=2, epochs=1, seeds=[1, 2], curve_shots=[1], test_per_class=2, steps=2,
+                 views=1)
+    cost = _outputs(cells, "bench.expected_cost")
     assert "images/s training (both towers)" in cost and "total" in cost and "nan" not in cost.lower()
-    beside = _outputs(next(c for c in cells if "reference.beside_run" in "".join(c["source"])))
+    beside = _outputs(cells, "reference.beside_run")
     assert "This run does not match its protocol (model 'ViT-B-32', the paper's 'ViT-B-16'" in beside
     assert "CLIP-CITE (paper: CLIP-CITE)" in beside and "81.06" in beside and "context" in beside
     assert "nan" not in beside.lower()
+
+
+def test_00_runs_the_real_preset_and_times_only_what_it_does(real_stand_ins, tmp_path):
+    checkpoint, folder = real_stand_ins
+    cells = _run("00_tour.ipynb", tmp_path / "00.ipynb", pretrained=checkpoint, datasets=folder, shots=[1, 2],
+                 seeds=[1, 2])
+    cost = _outputs(cells, "bench.expected_cost")
+    assert "images/s encoding" in cost and "images/s training" not in cost and "nan" not in cost.lower()
