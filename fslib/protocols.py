@@ -465,6 +465,11 @@ class TunedOnValidation(Method):
                               if key.startswith("chosen.")})
 
 
+# values a ladder search usually tries (its `width` of 3, then one more past an edge): what a run's cost is
+# planned with before the search has run (fslib.bench.expected_cost)
+LADDER_TRIES = 4
+
+
 def search_ladder(score: Callable[[object], float], ladder: Sequence, start: int = 0, width: int = 3) -> dict[int, float]:
     """Scores of the ladder positions tried: ``width`` values from ``start`` first, then one more step past
     whichever edge of the tried range holds the best score (strictly: a tie with another value stays put),

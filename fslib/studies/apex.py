@@ -25,7 +25,7 @@ from fslib.methods.apex import (ENSEMBLES, FAMILY_METHODS, Ensemble, distance_ta
                                 relative_transfer_difficulty)
 from fslib.methods.registry import registered
 from fslib.models import Clip
-from fslib.protocols import Contender, MakeMethod, domain_shift, new_class_levels
+from fslib.protocols import LADDER_TRIES, Contender, MakeMethod, domain_shift, new_class_levels
 from fslib.protocols import base_to_new as base_to_new_protocol
 
 
@@ -209,7 +209,6 @@ def transfer_bars(transfer: pd.DataFrame,
 # CoOp, TPT and TA train through the text tower or on cached features, and are left out of the count
 IMAGE_TOWER_FAMILIES = 2
 FAMILIES = 6  # zero-shot, CoOp, TPT, VPT, TA, VPT+TA: each scores every image of its dataset once per seed
-LADDER_TRIES = 4  # values a ladder search usually tries (3 at least; one more past an edge)
 
 
 def planned_work(P: SimpleNamespace) -> list[Stage]:

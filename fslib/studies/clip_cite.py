@@ -11,8 +11,8 @@ import pandas as pd
 
 from fslib.bench import Stage, dataset_sizes
 from fslib.evaluation import harmonic_mean_by_seed, summarise
+from fslib.protocols import LADDER_TRIES
 
-LADDER_TRIES = 4  # values a ladder search usually tries (3 at least; one more past an edge)
 ABLATION_ROWS = 6  # Table 4 and Fig. 4's variants: DVA, SCL, DVA+SCL, DVA+VLD, FrozenTC, FrozenTE
 
 
