@@ -24,6 +24,7 @@ import numpy as np
 import open_clip
 
 from fslib import scales
+from fslib.evidence import MIN_LEVELS
 from fslib.training import PRECISIONS
 
 Check = Callable[[str, Any], Any]
@@ -231,7 +232,23 @@ def _user_globals(namespace: dict[str, Any]) -> dict[str, Any]:
 def optional(check: Check) -> Check:
     """``check``, or ``None`` left as it is (a parameter that is off unless given)."""
     checked = lambda name, value: None if value is None else check(name, value)
-    checked.wraps = check  # what the value is when given (check_own_data looks for dataset lists)
+    checked.wraps = getattr(check, "wraps", check)  # what the value is when given (check_own_data looks for it)
+    return checked
+
+
+TREND_POINTS = 3  # Spearman's rho needs three points per seed (MIN_LEVELS of them to decide a trend)
+
+
+def over_a_trend(check: Check) -> Check:
+    """``check``, then at least :data:`TREND_POINTS` values: a trend claim runs over them, and with fewer it
+    would fail only after the work."""
+    def checked(name: str, value: Any) -> Any:
+        values = check(name, value)
+        if len(values) < TREND_POINTS:
+            raise ValueError(f"{name}={value!r} is not allowed: a trend claim runs over these, which needs at least "
+                             f"{TREND_POINTS} (and {MIN_LEVELS} to be decided)")
+        return values
+    checked.wraps = getattr(check, "wraps", check)
     return checked
 
 
@@ -283,7 +300,11 @@ NOTEBOOK_CHECKS: dict[str, dict[str, Check]] = {
     # instead of the dial's levels, named datasets (real data): each decided on its own
     "04_llu": dict(datasets=optional(dataset_list)),
     "05_clip_cite": dict(datasets=optional(dataset_list)),
-    "02_apex": dict(datasets=optional(dataset_list)),
+    "02_apex": dict(datasets=optional(over_a_trend(dataset_list)), levels=over_a_trend(dial_levels),
+                    distance_levels=over_a_trend(dial_levels)),
+    # the dials' levels that trend claims run over
+    "01_mamf": dict(levels=over_a_trend(dial_levels), shift_levels=over_a_trend(dial_levels)),
+    "03_smat": dict(levels=over_a_trend(dial_levels)),
 }
 
 

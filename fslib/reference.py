@@ -172,3 +172,31 @@ def beside_run(paper: str, source: str, results: pd.DataFrame, methods: Mapping[
                else "does not match its protocol (" + "; ".join(differs) + "): the paper's numbers are context")
     print(f"{paper}, {source}; average HM as the {protocol.hm}. This run {verdict}.")
     return table
+
+
+# SMAT's main table: the row each of 03's variants (variant, test-time fine-tuning) stands beside
+SMAT_ROWS = {("pretrained ProtoNet", "none"): "pre-trained", ("dense meta-tuning", "none"): "PMF",
+             ("SMAT", "none"): "SMAT", ("pretrained ProtoNet", "full"): "pre-trained + full",
+             ("dense meta-tuning", "full"): "PMF + full", ("SMAT", "full"): "SMAT + full"}
+SMAT_PROTOCOL = ("DINO ViT-S/16, which open_clip cannot load, on Meta-Dataset's 8 training sources and 10 held-out "
+                 "sets with variable-way, variable-shot episodes")
+
+
+def beside_episodes(results: pd.DataFrame) -> pd.DataFrame:
+    """SMAT's ID and OOD averages beside a run's (``results``: 03's test episodes, rows ``variant, finetune,
+    domain, dataset, seed, accuracy``): per :data:`SMAT_ROWS` pair, the mean over the run's ID (OOD) datasets of
+    the mean episode accuracy, then its mean and 95% CI over seeds. No run of the kit matches SMAT's protocol
+    (:data:`SMAT_PROTOCOL`), so the paper's numbers are context."""
+    printed = accuracy_table("SMAT", "main results table")
+    per_dataset = results.groupby(["variant", "finetune", "domain", "seed", "dataset"]).accuracy.mean()
+    per_seed = per_dataset.groupby(["variant", "finetune", "domain", "seed"]).mean()
+    rows = []
+    for (variant, finetune), row in SMAT_ROWS.items():
+        for domain, column in (("ID", "ID average of 8"), ("OOD", "OOD average of 10")):
+            rows.append({"method": f"{variant}{' + fine-tuning' if finetune == 'full' else ''} (paper: {row})",
+                         "domain": domain, "paper": printed.loc[row, column],
+                         "this run": str(mean_ci(per_seed[(variant, finetune, domain)].tolist()))})
+    datasets = {domain: sorted(results[results.domain == domain].dataset.unique()) for domain in ("ID", "OOD")}
+    print(f"SMAT, main results table: {SMAT_PROTOCOL}. This run's ID average is over {', '.join(datasets['ID'])} "
+          f"and its OOD average over {', '.join(datasets['OOD'])}: the paper's numbers are context, not a target.")
+    return pd.DataFrame(rows).set_index(["method", "domain"])

@@ -129,3 +129,23 @@ def test_the_best_fixed_alpha_is_the_mean_of_the_tied_best():
                           (1, 2.0, 0.0, 90.0), (1, 2.0, 0.5, 90.0), (1, 2.0, 1.0, 80.0)],
                          columns=["seed", "level", "alpha", "accuracy"])
     assert best_fixed_alpha(sweep).values.tolist() == [[1, 1.0, 0.5], [1, 2.0, 0.25]]
+
+
+def test_a_difficulty_trend_over_named_datasets_runs_over_their_rtd_and_is_never_decided():
+    import pandas as pd
+
+    from fslib import evidence
+    from fslib.studies.apex import difficulty_trend
+
+    claim = evidence.declare("02_apex_test", [dict(key="t", claim="gain grows with difficulty", paper_ref="test",
+                                                   sides=("gain", "difficulty"), kind="trend")])["t"]
+    difficulty = pd.DataFrame({"level": ["dtd", "eurosat", "pets"], "rtd": [0.2, 0.8, 0.5]})
+    # the gain follows RTD exactly in every seed: rho = 1 over the datasets' means, yet not decided
+    table = pd.DataFrame([{"seed": s, "level": d, "gain": 10 * r + s} for s in (1, 2, 3)
+                          for d, r in zip(difficulty.level, difficulty.rtd)])
+    verdict = difficulty_trend(claim, table, "gain", difficulty, named_datasets=True)
+    assert verdict.verdict == "inconclusive" and verdict.estimate == pytest.approx(1.0)
+    assert verdict.interval_kind == "bootstrap"
+    on_dial = difficulty_trend(claim, table.assign(level=table.level.map({"dtd": 0.0, "pets": 0.4, "eurosat": 0.8})),
+                               "gain", difficulty, named_datasets=False)
+    assert on_dial.estimate == pytest.approx(1.0) and on_dial.interval_kind == "levels"  # 3 levels: too few to decide

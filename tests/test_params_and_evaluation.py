@@ -9,20 +9,20 @@ from fslib import params
 from fslib.evaluation import accuracy, harmonic_mean, mean_ci
 from fslib.protocols import select_on_validation
 
-GOOD = dict(model="fslib-tiny-vit", pretrained="embedded", datasets=["shapes", "counting"], shots=4, seeds=[1, 2, 3],
+GOOD = dict(model="fslib-tiny-vit", pretrained="embedded", datasets=["shapes", "colors", "counting"], shots=4, seeds=[1, 2, 3],
             device="cpu", precision="auto")
 
 
 def test_valid_parameters_pass_through(monkeypatch):
     monkeypatch.delenv("FSLIB_SCALE", raising=False)
     p = params.validate({**GOOD, "params": params, "_hidden": 1, "NOTEBOOK": "02_apex"}, "02_apex")
-    assert p.shots == 4 and p.datasets == ["shapes", "counting"] and p.scale == "paper" and p.given == ["datasets", "seeds", "shots"]
+    assert p.shots == 4 and p.datasets == ["shapes", "colors", "counting"] and p.scale == "paper" and p.given == ["datasets", "seeds", "shots"]
 
 
 def test_parameters_left_at_none_take_the_scale_s_value_and_explicit_ones_win(monkeypatch):
     monkeypatch.delenv("FSLIB_SCALE", raising=False)
     lesson = params.validate({**GOOD, "scale": "lesson", "shots": None, "epochs": None}, "02_apex")
-    assert (lesson.shots, lesson.epochs, lesson.datasets) == (2, 1, ["shapes", "counting"])
+    assert (lesson.shots, lesson.epochs, lesson.datasets) == (2, 1, ["shapes", "colors", "counting"])
     paper = params.validate({**GOOD, "scale": None, "shots": None, "epochs": None}, "02_apex")
     assert (paper.scale, paper.shots, paper.epochs) == ("paper", 16, 10)
     monkeypatch.setenv("FSLIB_SCALE", "lesson")
@@ -35,17 +35,15 @@ def test_parameters_left_at_none_take_the_scale_s_value_and_explicit_ones_win(mo
 
 
 def test_every_scaled_parameter_has_a_value_at_every_scale_that_passes_its_check():
-    from fslib.scales import NOT_REAL, PRESETS, REAL, preset
+    from fslib.scales import PRESETS, REAL, preset
     real_clip = {"model": "ViT-B-16", "pretrained": "openai"}  # a tag is checked by name, nothing is loaded
     for notebook, table in PRESETS.items():
         assert all(set(values) == {"paper", "lesson"} for values in table.values()), notebook
         for scale in ("paper", "lesson"):
             params.validate({**preset(notebook, scale), "scale": scale}, notebook)
-        if notebook in REAL:  # the real preset changes scaled parameters only, so an explicit value still wins
-            assert set(REAL[notebook]) <= set(table), notebook
-            params.validate({**preset(notebook, "paper-real"), **real_clip, "scale": "paper-real"}, notebook)
-        else:
-            assert notebook in NOT_REAL, notebook
+        # every notebook has a real preset, and it changes scaled parameters only, so an explicit value still wins
+        assert set(REAL[notebook]) <= set(table), notebook
+        params.validate({**preset(notebook, "paper-real"), **real_clip, "scale": "paper-real"}, notebook)
 
 
 def test_the_real_preset_is_the_paper_s_protocol_and_refuses_the_embedded_model(monkeypatch):
@@ -62,9 +60,17 @@ def test_the_real_preset_is_the_paper_s_protocol_and_refuses_the_embedded_model(
         params.validate({**cells, "model": "fslib-tiny-vit", "pretrained": "embedded"}, "02_apex")
     with pytest.raises(ValueError, match="pretrained='none' is random weights"):
         params.validate({**cells, "pretrained": "none"}, "02_apex")
-    with pytest.raises(ValueError, match="scale='paper-real' is not available for 03_smat: its meta-training "
-                                         "domains .* It is available for 00_tour, 02_apex, 04_llu, 05_clip_cite"):
-        params.validate({"scale": "paper-real", "model": "ViT-B-16", "pretrained": "openai"}, "03_smat")
+    real = {"scale": "paper-real", "model": "ViT-B-16", "pretrained": "openai"}
+    smat = params.validate({**real, "id_datasets": None, "ood_datasets": None, "train_tasks": None, "test_tasks": None,
+                            "experts": None, "expert_blocks": None}, "03_smat")  # SMAT's 50k tasks, 600 episodes
+    assert (smat.train_tasks, smat.test_tasks, smat.experts, smat.expert_blocks) == (50_000, 600, 8, None)
+    assert smat.id_datasets == ["fgvc_aircraft", "dtd", "flowers102"]
+    mamf = params.validate({**real, "epochs": None, "shots": None, "seeds": None, "official_epochs": None, "tasks": None},
+                           "01_mamf")  # MAMF's official code
+    assert (mamf.epochs, mamf.official_epochs, mamf.tasks, mamf.shots, mamf.seeds) == (8, 8, 14, 3, [1, 2, 3, 4, 5])
+    with pytest.raises(ValueError, match="scale='paper-real' is not available for 'toy'; it is available for 00_tour"):
+        from fslib.scales import preset
+        preset("toy", "paper-real")
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -90,10 +96,10 @@ def test_own_image_folders_with_too_few_images_or_classes_are_rejected_before_an
         for i in range(count):
             Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "pets" / c / f"{i}.png")
     pets = str(tmp_path / "pets")
-    assert params.validate({**GOOD, "datasets": [pets], "shots": 15}, "02_apex").datasets == [pets]
+    assert params.validate({**GOOD, "datasets": [pets], "shots": 15}, "05_clip_cite").datasets == [pets]
     with pytest.raises(ValueError, match=f"dataset '{pets}': class 'cat' has 15 training images, fewer than the 16 "
                                          "shots asked; .* at least 32 images"):
-        params.validate({**GOOD, "datasets": [pets], "shots": 16}, "02_apex")
+        params.validate({**GOOD, "datasets": [pets], "shots": 16}, "05_clip_cite")
     with pytest.raises(ValueError, match=f"dataset '{pets}' has 2 classes; this notebook needs at least 5"):
         params.validate({"id_datasets": [pets], "n_way": 5, "shots": 1}, "03_smat")
 
@@ -370,3 +376,13 @@ def test_training_loop_frees_last_steps_gradients_before_the_forward_pass():
 
     training.train([weight], step_loss, 3, 0.1, optimizer="sgd", cosine=False, progress=False)
     assert seen == [True, True, True] and weight.grad is not None
+
+
+def test_levels_a_trend_runs_over_must_be_three_or_more_before_any_work():
+    real = {"scale": "paper-real", "model": "ViT-B-16", "pretrained": "openai"}
+    with pytest.raises(ValueError, match=r"datasets=\['dtd', 'eurosat'\] is not allowed: a trend claim runs over "
+                                         r"these, which needs at least 3 \(and 6 to be decided\)"):
+        params.validate({**real, "datasets": ["dtd", "eurosat"]}, "02_apex")
+    with pytest.raises(ValueError, match=r"shift_levels=\[0.0, 1.0\] is not allowed: a trend claim"):
+        params.validate({"scale": "lesson", "shift_levels": [0.0, 1.0]}, "01_mamf")
+    assert params.validate({"scale": "lesson", "levels": [0.0, 0.2, 0.4]}, "03_smat").levels == [0.0, 0.2, 0.4]

@@ -75,3 +75,22 @@ def test_a_run_on_the_paper_s_protocol_shows_its_difference_from_the_paper():
     assert reference.mismatches("APEX", "Table 2", "ViT-B-16", "openai", [d.upper() for d in COOP_DATASETS], 16) == []
     assert reference.mismatches("APEX", "Table 2", "ViT-B-16", "openai", COOP_DATASETS, 4) == [
         "shots 4, the paper's 16"]
+
+
+def test_beside_episodes_averages_datasets_within_a_seed_then_seeds_and_shows_smat_as_context(capsys):
+    rows = []
+    for variant in ("pretrained ProtoNet", "dense meta-tuning", "SMAT"):
+        for finetune in ("none", "full"):
+            # ID: datasets a (episodes 50, 70 -> 60) and b (80) -> 70 for seed 1, 74 for seed 2; OOD: 40 and 44
+            for seed, shift in ((1, 0.0), (2, 4.0)):
+                rows += [dict(variant=variant, finetune=finetune, domain="ID", dataset="a", seed=seed, accuracy=50 + shift),
+                         dict(variant=variant, finetune=finetune, domain="ID", dataset="a", seed=seed, accuracy=70 + shift),
+                         dict(variant=variant, finetune=finetune, domain="ID", dataset="b", seed=seed, accuracy=80 + shift),
+                         dict(variant=variant, finetune=finetune, domain="OOD", dataset="c", seed=seed, accuracy=40 + shift)]
+    table = reference.beside_episodes(pd.DataFrame(rows))
+    smat = table.loc["SMAT (paper: SMAT)"]
+    assert smat.loc["OOD", "paper"] == 67.27 and smat.loc["ID", "paper"] == 85.14
+    # ID: mean 72 over seeds (70, 74), half-width t(0.975, 1) * 2.83 / sqrt(2) = 25.4; OOD: 40 and 44
+    assert smat.loc["ID", "this run"] == "72.0 ± 25.4" and smat.loc["OOD", "this run"] == "42.0 ± 25.4"
+    assert table.loc["dense meta-tuning + fine-tuning (paper: PMF + full)", "OOD"]["paper"] == 72.73
+    assert "context, not a target" in capsys.readouterr().out

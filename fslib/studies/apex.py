@@ -17,6 +17,7 @@ import pandas as pd
 import seaborn as sns
 from sklearn.metrics import precision_score
 
+from fslib import evidence
 from fslib.bench import Stage, dataset_sizes
 from fslib.data import ImageDataset, load_dataset
 from fslib.evaluation import summarise
@@ -146,6 +147,18 @@ def gains_over_zero_shot(results: pd.DataFrame) -> pd.DataFrame:
     units of the paper's difficulty analyses (§3, Table 1)."""
     wide = results.pivot_table(index=["seed", "level", "part"], columns="method", values="accuracy")
     return wide.sub(wide["zero-shot"], axis=0).drop(columns="zero-shot").stack().rename("gain").reset_index()
+
+
+def difficulty_trend(claim: evidence.Claim, table: pd.DataFrame, y: str, difficulty: pd.DataFrame,
+                     named_datasets: bool) -> evidence.Verdict:
+    """A trend of ``y`` with difficulty: over the dial's designed levels, or, where named datasets stand for the
+    levels (``-p datasets``), over each dataset's RTD (Def. 1, from ``difficulty``: :func:`difficulty_by_level`),
+    which :func:`fslib.evidence.decide_trend` shows with its interval but never decides: the datasets are fixed,
+    not designed levels."""
+    if not named_datasets:
+        return evidence.decide_trend(claim, table, y, "level", group="level", too_few="record")
+    rtd = table.level.map(difficulty.set_index("level").rtd)
+    return evidence.decide_trend(claim, table.assign(rtd=rtd), y, "rtd", group="level")
 
 
 # -- figures ---------------------------------------------------------------------------------------

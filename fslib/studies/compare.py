@@ -20,6 +20,7 @@ holds the comparison's contenders and its summaries:
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
@@ -28,6 +29,7 @@ import pandas as pd
 import seaborn as sns
 from scipy import stats
 
+from fslib.bench import Stage, dataset_sizes
 from fslib.evaluation import harmonic_mean, mean_ci
 from fslib.features import augmented_features
 from fslib.methods import Method, Registered, create_method, list_methods, registered
@@ -36,7 +38,8 @@ from fslib.methods.mamf import task_count
 from fslib.methods.registry import TOWER_LEARNING_RATES
 from fslib.methods.smat_region import ExpertRegion
 from fslib.models import Clip
-from fslib.protocols import Benchmark, Contender, MetaTrained
+from fslib.protocols import LADDER_TRIES, Benchmark, Contender, MetaTrained
+from fslib.world.dials import DIALS
 
 PROTOCOLS = ("few-shot", "base-to-new", "domain shift", "episodic")
 
@@ -107,6 +110,40 @@ def episodic_contenders(clip: Clip, benches: dict[int, Benchmark], n_way: int, a
                           lambda support, seed: region.pretrained_features(support)),
     }
     return contenders, {"MAMF": mamf, "SMAT": smat}
+
+
+def planned_work(P: SimpleNamespace) -> list[Stage]:
+    """06's work at parameters ``P`` (:func:`fslib.bench.expected_cost`), counted before the dataset rule has
+    picked anything: each protocol as if it ran on the ``datasets_per_protocol`` largest datasets of the pool (an
+    upper bound), the contenders that train through a tower (those given ``epochs``) fitted per task, every
+    contender scoring each task's test images once, and the meta-learners' episodes; domain shift as one fit on
+    the dial's largest level scoring every level's validation and test images. Methods on cached features cost
+    their encoding; MAMF's meta-training (its K(n) episodes) is left out."""
+    sizes = dataset_sizes(P.datasets, P.test_per_class).sort_values("test", ascending=False)
+    runs = sizes.head(P.datasets_per_protocol)
+    seeds, trainers = len(P.seeds), sum(registered(name).accepts("epochs") for name in list_methods(compared=True))
+    methods = len(list_methods(compared=True))
+    tuned = dataset_sizes([P.tune_on]).iloc[0]
+    shift = dataset_sizes(list(DIALS[P.shift_dial].datasets(tuple(P.shift_levels)).values()), P.test_per_class)
+    per_episode = P.n_way * (P.episode_shots + P.episode_queries)
+    test_episodes = seeds * (len(P.episode_id_datasets) + len(P.episode_ood_datasets)) * P.test_tasks
+    adapted = 2 * P.adapt_epochs * P.n_way * P.episode_shots  # fine-tuning per episode and MAMF, per episode
+    return [
+        Stage("choosing the knobs (first seed, one dataset)", trainers * LADDER_TRIES,
+              int(trainers * LADDER_TRIES * P.base_to_new_shots * tuned.base * P.epochs),
+              int(methods * LADDER_TRIES * tuned.val // 2)),
+        Stage("few-shot", trainers * seeds * len(P.shots) * len(runs),
+              int(trainers * seeds * sum(P.shots) * runs.classes.sum() * P.epochs),
+              int(methods * seeds * len(P.shots) * runs.test.sum())),
+        Stage("base-to-new", trainers * seeds * len(runs),
+              int(trainers * seeds * P.base_to_new_shots * runs.base.sum() * P.epochs),
+              int(methods * seeds * runs.test.sum())),
+        Stage("domain shift (every dial level)", trainers * seeds,
+              int(trainers * seeds * P.dg_shots * shift.classes.max() * P.epochs),
+              int(methods * seeds * (shift.val + shift.test).sum())),
+        Stage("episodes: SMAT's meta-training, then every learner", seeds,
+              seeds * P.train_tasks * per_episode + test_episodes * adapted, 5 * test_episodes * per_episode),
+    ]
 
 
 def scores(results: pd.DataFrame) -> pd.DataFrame:

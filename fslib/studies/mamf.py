@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from fslib import parallel
+from fslib.bench import Stage, dataset_sizes
 from fslib.data import ImageDataset, load_dataset
 from fslib.fewshot import EpisodeSampler, few_shot
-from fslib.methods.mamf import Budget, PromptFineTune, mamf_budget, mamf_chunks, meta_train, task_sizes
+from fslib.methods.mamf import (Budget, PromptFineTune, mamf_budget, mamf_chunks, meta_train, task_count,
+                                task_sizes)
 from fslib.models import Clip
 from fslib.protocols import best_on_validation, episode_accuracies
+from fslib.world.dials import DIALS
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class Arm:
     matched: bool = False
     per_n: bool = True
 
+
+QUERIES = 8  # query images per class of a meta-test episode
 
 ARMS = {
     "fine-tuning": Arm("finetune", matched=True),
@@ -78,7 +84,7 @@ def train_arm(clip: Clip, train_set: ImageDataset, arm: str, n_way: int, lr: flo
 def compare_strategies(clip: Clip, datasets: Sequence[str] | Mapping[object, str], n_ways: Sequence[int], shots: int, tasks: int,
                        seeds: Sequence[int], settings: dict[str, Sequence[tuple[float, int]]], split: str = "test",
                        epochs: int = 1, inner_lr: float = 1e-3, inner_steps: int = 1, train_per_class: int = 8,
-                       queries: int = 8, progress: bool = True) -> pd.DataFrame:
+                       queries: int = QUERIES, progress: bool = True) -> pd.DataFrame:
     """The paper's comparison: zero-shot CLIP and each arm of ``settings`` on ``tasks`` episodes per
     (dataset, n-way, seed), the same episodes for every arm, so differences are paired.
 
@@ -131,6 +137,30 @@ def compare_strategies(clip: Clip, datasets: Sequence[str] | Mapping[object, str
     if levels is not None:
         table.insert(0, "level", table.dataset.map({name: level for level, name in levels.items()}))
     return table
+
+
+def planned_work(P: SimpleNamespace) -> list[Stage]:
+    """01's work at parameters ``P`` (:func:`fslib.bench.expected_cost`): each arm's meta-training images (MAMF,
+    FOMAML and matched fine-tuning: K(n) tasks of ``n_way`` classes x ``train_per_class`` images x ``epochs``;
+    the official pair at ``official_epochs``, its fine-tuning over all classes once per epoch) at every level,
+    seed and LR tried, then at the chosen LR for the test; every episode's test-time fine-tuning (the largest of
+    ``adapt_grid`` for the test, an upper bound) and its scored images. Zero-shot's scoring is left out."""
+    cue = dataset_sizes([DIALS[P.dial].datasets((P.levels[-1],))[P.levels[-1]]]).iloc[0]
+    shift = dataset_sizes([DIALS[P.shift_dial].datasets((P.shift_levels[-1],))[P.shift_levels[-1]]]).iloc[0]
+    matched = lambda classes, epochs: task_count(P.n_way, classes) * P.n_way * P.train_per_class * epochs
+    per_seed_lr = (len(P.levels) * 2 * matched(cue.classes, P.epochs)  # fine-tuning and MAMF along the cue
+                   + matched(cue.classes, P.official_epochs) + cue.classes * P.train_per_class * P.official_epochs
+                   + len(P.shift_levels) * 2 * matched(shift.classes, P.epochs))  # FOMAML and MAMF along the shift
+    fits_per_lr = len(P.seeds) * 2 * (len(P.levels) + 1 + len(P.shift_levels))
+    episode = P.n_way * (P.shots + QUERIES)
+
+    def stage(name: str, lrs: int, tasks: int, adapts: Sequence[int]) -> Stage:
+        return Stage(name, fits_per_lr * lrs, int(len(P.seeds) * lrs * per_seed_lr
+                                                  + fits_per_lr * lrs * tasks * sum(adapts) * P.n_way * P.shots),
+                     fits_per_lr * lrs * tasks * len(adapts) * episode)
+
+    return [stage("choosing LR and test-time epochs (validation)", len(P.lr_grid), P.val_tasks, P.adapt_grid),
+            stage("the arms at their chosen settings (test)", 1, P.tasks, [max(P.adapt_grid)])]
 
 
 def choose_settings(validation: pd.DataFrame) -> dict[str, tuple[float, int]]:

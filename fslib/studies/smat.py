@@ -8,6 +8,7 @@ speed path of fitting :class:`~fslib.methods.smat.SMAT` on each episode, equival
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -17,6 +18,7 @@ import seaborn as sns
 import torch
 
 from fslib import parallel
+from fslib.bench import Stage
 from fslib.evaluation import accuracy, summarise
 from fslib.fewshot import Episode
 from fslib.methods.smat import SparseInterpolatedExperts, adapt_to_tasks, cosine_logits, meta_train
@@ -216,6 +218,37 @@ def sparsity_tradeoff(clip: Clip, benches: dict[int, Benchmark], points: Sequenc
 
     units = sorted(((seed, tau, m) for seed in benches for tau, m in points), key=lambda u: (u in already_trained, -u[2]))
     return pd.DataFrame([row for rows in parallel.map_units(point, units, desc="SMAT at (tau, M) x seeds") for row in rows])
+
+
+def tradeoff_points(P: SimpleNamespace) -> list[tuple[float, int]]:
+    """The (τ, M) at which 03 meta-trains SMAT for the trade-off figure: each further τ at ``P.experts``, each
+    further M (and one expert, no routing) at ``P.sparsity``, and the main run's own point."""
+    points = {(tau, P.experts) for tau in P.taus} | {(P.sparsity, m) for m in [1, *P.expert_counts]}
+    return sorted(points | {(P.sparsity, P.experts)})
+
+
+def planned_work(P: SimpleNamespace) -> list[Stage]:
+    """03's work at parameters ``P`` (:func:`fslib.bench.expected_cost`), counted as image passes through the whole
+    image tower (``expert_blocks="all"``; with the last blocks only, a cached trunk makes it far less): every
+    meta-trained variant and trade-off point reads ``train_tasks`` episodes of support and query images per seed,
+    and every model scores the validation and test episodes of each ID, OOD and dial dataset, the fine-tuned
+    variants once more per LR tried. Dense teachers' inner steps and the learning curves come on top."""
+    seeds, per_way = len(P.seeds), P.n_way
+    domains = len(P.id_datasets) + len(P.ood_datasets) + len(P.levels)
+    per_scoring = domains * (P.val_tasks + P.test_tasks) * per_way * (P.shots + P.queries)
+    trained_variants = len(VARIANTS) - 1  # the pretrained ProtoNet is not meta-trained
+    further_points = len(tradeoff_points(P)) - 1  # the main run's point is reused
+    per_fit = P.train_tasks * per_way * (P.shots + P.train_queries)
+    finetuned = 3 * sum(lr > 0 for lr in P.finetune_lrs)  # compare_variants' three fine-tuned variants per LR
+    return [
+        Stage("meta-training SMAT, its ablation and baselines", seeds * trained_variants,
+              seeds * trained_variants * per_fit, seeds * len(VARIANTS) * per_scoring),
+        Stage("test-time fine-tuning (3 variants x LRs)", seeds * finetuned,
+              seeds * finetuned * P.finetune_steps * domains * (P.val_tasks + P.test_tasks) * per_way * P.shots,
+              seeds * finetuned * per_scoring),
+        Stage("the sparsity / expert trade-off", seeds * further_points, seeds * further_points * per_fit,
+              seeds * further_points * per_scoring),
+    ]
 
 
 # -- figures ---------------------------------------------------------------------------------------
