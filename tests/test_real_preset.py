@@ -77,7 +77,7 @@ def test_03_runs_the_real_preset_and_puts_smat_s_table_beside_the_run(real_stand
     # the preset's |M| = 8 experts over the whole tower would not fit a test: one block, two experts
     cells = _run("03_smat.ipynb", tmp_path / "03.ipynb", model="ViT-S-32-alt", pretrained=small_checkpoint,
                  id_datasets=folder,
-                 ood_datasets=held_out, levels=[0.0, 1.0], novel_classes=2, n_way=2, shots=1, queries=1,
+                 ood_datasets=held_out, levels=[0.0, 0.6, 1.0], novel_classes=2, n_way=2, shots=1, queries=1,
                  train_queries=1, train_tasks=2, test_tasks=2, val_tasks=1, experts=2, expert_blocks=1, taus=[0.5],
                  expert_counts=[1], finetune_lrs=[0.0, 1e-3], finetune_steps=1, seeds=[1, 2])
     cost = _outputs(cells, "study.planned_work")

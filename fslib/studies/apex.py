@@ -187,7 +187,7 @@ def alpha_sweep(sweep: pd.DataFrame, best: pd.DataFrame, apex_alpha: pd.Series, 
     levels = sorted(sweep.level.unique())
     for colour, level in zip(sns.color_palette("viridis", len(levels)), levels):
         means = sweep[sweep.level == level].groupby("alpha").accuracy.mean()
-        left.plot(means.index, means.values, marker="o", ms=3, color=colour, label=f"{level:g}")
+        left.plot(means.index, means.values, marker="o", ms=3, color=colour, label=evidence.level_name(level))
     left.set(xlabel="fixed α (0: zero-shot, 1: VPT+TA)", ylabel="new-class accuracy (%)", title="Table 13 per level")
     left.legend(title=xlabel, fontsize=7, ncols=2)
     band = summarise(best, ["level"], "best_alpha").sort_values("level")
