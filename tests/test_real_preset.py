@@ -4,8 +4,9 @@ folders in the CoOp layout stand in for them. Every notebook
 must validate its preset and print its expected cost; those that print a paper's numbers (02, 03, 04, 05) must
 render the paper-beside-run table, 01 must say MAMF's could not be read, and 06 must stop at its dataset rule,
 which random weights cannot pass; nothing may be NaN. Each run is shrunk by explicit parameters, which win over
-the preset."""
+the preset. 01's and 02's runs are opt-in (``FSLIB_SLOW_TESTS=1``): they take 6-12 minutes each on 2 cores."""
 import json
+import os
 
 import open_clip
 import papermill
@@ -30,6 +31,12 @@ def small_checkpoint(tmp_path_factory) -> str:
     """A random ViT-S-32-alt (224 px, 43 M parameters), 3.7x faster to train than a ViT-B-32 on a CPU: for the
     notebooks that fine-tune a tower many times even when shrunk (01, 02, 03), or measure training throughput."""
     return _random_checkpoint(tmp_path_factory.mktemp("small"), "ViT-S-32-alt")
+
+
+# 01 and 02 fine-tune towers dozens of times even when shrunk (6-12 min each on 2 cores): they run where
+# FSLIB_SLOW_TESTS=1, not in `make test`, which keeps to its time budget (docs/performance.md has their runs)
+slow = pytest.mark.skipif(os.environ.get("FSLIB_SLOW_TESTS") != "1",
+                          reason="a slow real-preset run; set FSLIB_SLOW_TESTS=1 to run it")
 
 
 def _random_checkpoint(root, model: str) -> str:
@@ -87,6 +94,7 @@ def test_03_runs_the_real_preset_and_puts_smat_s_table_beside_the_run(real_stand
     assert "nan" not in beside.lower()
 
 
+@slow
 def test_01_runs_the_real_preset_on_its_dials_and_says_mamf_prints_no_numbers(small_checkpoint, tmp_path):
     """01 fine-tunes both towers dozens of times even at its smallest (every arm at the three levels a trend needs
     on each of two dials, on validation and test, per seed): 9-way tasks (MAMF's K(9) = 3 of them) keep it short."""
@@ -99,15 +107,20 @@ def test_01_runs_the_real_preset_on_its_dials_and_says_mamf_prints_no_numbers(sm
     assert any("MAMF's results tables could not be read" in "".join(c["source"]) for c in cells)
 
 
-def test_02_and_04_run_the_real_preset_on_folders_beside_their_tables(real_stand_ins, small_checkpoint, tmp_path):
-    checkpoint, *folders = real_stand_ins  # 02's trends run over its datasets and distance levels: three at least
+@slow
+def test_02_runs_the_real_preset_on_folders_beside_apex_table_2(real_stand_ins, small_checkpoint, tmp_path):
+    _, *folders = real_stand_ins  # 02's trends run over its datasets and distance levels: three at least
     cells = _run("02_apex.ipynb", tmp_path / "02.ipynb", model="ViT-S-32-alt", pretrained=small_checkpoint,
                  datasets=folders, shots=1, epochs=1, seeds=[1, 2], test_per_class=2,
                  distance_levels=[1.0, 3.0, 6.0], dg_targets=["shapes_sketch"])
     beside = _outputs(cells, "reference.beside_run")
     assert "APEX, Table 2; average HM as the mean of the per-dataset HMs" in beside and "80.04" in beside
     assert "context" in beside and "nan" not in beside.lower()
-    cells = _run("04_llu.ipynb", tmp_path / "04.ipynb", pretrained=checkpoint, datasets=folders[0], shots=1, steps=2,
+
+
+def test_04_runs_the_real_preset_on_a_folder_beside_cocoop_s_rows(real_stand_ins, tmp_path):
+    checkpoint, folder, *_ = real_stand_ins
+    cells = _run("04_llu.ipynb", tmp_path / "04.ipynb", pretrained=checkpoint, datasets=folder, shots=1, steps=2,
                  views=1, seeds=[1, 2])
     assert "nan" not in _outputs(cells, "bench.expected_cost").lower()
     beside = _outputs(cells, "reference.beside_run")
